@@ -1,0 +1,105 @@
+"""Milliseconds per step per MEI: ``mei.methods.gradient_ascent`` against a reference-style loop.
+
+Both run the seed's example config with a Gaussian-blurred gradient and an L2-norm constraint on the
+Sensorium-scale 5-model ensemble (and its tiny variant), interleaved in one run, and the median is reported.
+
+    python -m bench.step_time [--device cpu] [--steps 20] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bench.reference_style import reference_style_ascent
+from bench.sensorium import FULL, TINY, ModelSize, build_ensemble
+from mei.methods import gradient_ascent
+from mei.modules import ConstrainedOutputModel
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def method_config(device: str, steps: int) -> dict:
+    return {
+        "initial": {"path": "mei.initial.RandomNormal"},
+        "optimizer": {"path": "torch.optim.SGD", "kwargs": {"lr": 0.1}},
+        "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": steps - 1}},
+        "objectives": [{"path": "mei.objectives.EvaluationObjective", "kwargs": {"interval": 10}}],
+        "precondition": {"path": "mei.legacy.ops.GaussianBlur", "kwargs": {"sigma": 1}},
+        "postprocessing": {"path": "mei.legacy.ops.ChangeNorm", "kwargs": {"norm": 25}},
+        "device": device,
+    }
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(size: ModelSize, device: str, steps: int, repeats: int) -> dict:
+    model = ConstrainedOutputModel(build_ensemble(size), 0).to(device)
+    shape = (1, *size.input_shape)
+    config = method_config(device, steps)
+    runners = {
+        "mei": lambda seed: gradient_ascent(None, model, config, seed, shape=shape),
+        "reference_style": lambda seed: reference_style_ascent(model, config, seed, shape),
+    }
+    results = {name: run(seed=0) for name, run in runners.items()}  # warm-up, and the equality check
+    max_difference = (results["mei"][0] - results["reference_style"][0]).abs().max().item()
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for repeat in range(repeats):
+        for name, run in runners.items():
+            _synchronize(device)
+            start = time.perf_counter()
+            run(seed=repeat)
+            _synchronize(device)
+            times[name].append((time.perf_counter() - start) / steps * 1000)
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "model": f"{size.layers} layers, {size.channels} channels, {size.neurons} neurons, 5 members",
+        "ms_per_step": medians,
+        "all_ms_per_step": times,
+        "ratio_mei_to_reference_style": medians["mei"] / medians["reference_style"],
+        "max_abs_difference_of_meis": max_difference,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=20, help="optimization steps per measured run")
+    parser.add_argument("--repeats", type=int, default=5, help="measured runs per loop (the median is kept)")
+    parser.add_argument("--out", type=Path, default=None, help="result file (default bench/results/...)")
+    args = parser.parse_args()
+    report = {
+        "benchmark": "ms per step per MEI, seed config + GaussianBlur precondition + ChangeNorm postprocessing",
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+        "host": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
+        "torch": torch.__version__,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "results": {
+            name: measure(size, args.device, args.steps, args.repeats)
+            for name, size in (("tiny", TINY), ("full", FULL))
+        },
+    }
+    out = args.out or RESULTS / f"step_time_{args.device.split(':')[0]}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for name, result in report["results"].items():
+        ms = result["ms_per_step"]
+        print(
+            f"{name:5s} mei {ms['mei']:8.2f} ms/step   reference-style {ms['reference_style']:8.2f} ms/step   "
+            f"ratio {result['ratio_mei_to_reference_style']:.3f} max|diff| {result['max_abs_difference_of_meis']:.2e}"
+        )
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The state of one optimization step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+def _to_float(value: float | Tensor) -> float:
+    if isinstance(value, Tensor):
+        return value.float().mean().item()
+    return float(value)
+
+
+class State:
+    """What one step of the optimization saw and did.
+
+    ``evaluation`` and ``reg_term`` are floats. During generation they are kept on the device and turned into
+    floats on first access, so a step that nobody inspects costs no device-to-host copy. Tensors live on the
+    device the MEI is generated on; clone them to keep them beyond the step.
+
+    With several images per key (``n_meis > 1``) ``evaluation`` and ``reg_term`` are the means over the
+    images; ``evaluations`` gives the evaluation of each image.
+    """
+
+    def __init__(
+        self,
+        i_iter: int,
+        evaluation: float | Tensor,
+        reg_term: float | Tensor,
+        input_: Tensor,
+        transformed_input: Tensor,
+        post_processed_input: Tensor,
+        grad: Tensor,
+        preconditioned_grad: Tensor,
+        stopper_output: Any = None,
+    ) -> None:
+        self.i_iter = i_iter
+        self._evaluation = evaluation
+        self._reg_term = reg_term
+        self.input_ = input_
+        self.transformed_input = transformed_input
+        self.post_processed_input = post_processed_input
+        self.grad = grad
+        self.preconditioned_grad = preconditioned_grad
+        self.stopper_output = stopper_output
+
+    @property
+    def evaluation(self) -> float:
+        if isinstance(self._evaluation, Tensor):
+            self._evaluations = self._evaluation.detach().reshape(-1).tolist()
+            self._evaluation = sum(self._evaluations) / len(self._evaluations)
+        return self._evaluation
+
+    @property
+    def evaluations(self) -> list[float]:
+        """The evaluation of each image (one number when the objective scores the images jointly)."""
+        if isinstance(self._evaluation, Tensor):
+            self.evaluation  # noqa: B018 - converts and caches both views
+        return getattr(self, "_evaluations", [self._evaluation])
+
+    @property
+    def reg_term(self) -> float:
+        if isinstance(self._reg_term, Tensor):
+            self._reg_term = _to_float(self._reg_term)
+        return self._reg_term
+
+    def __repr__(self) -> str:
+        return f"State(i_iter={self.i_iter}, evaluation={self.evaluation:.6g}, reg_term={self.reg_term:.6g})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, State):
+            return NotImplemented
+        tensors = ("input_", "transformed_input", "post_processed_input", "grad", "preconditioned_grad")
+        return (
+            self.i_iter == other.i_iter
+            and self.evaluation == other.evaluation
+            and self.reg_term == other.reg_term
+            and all(torch.equal(getattr(self, name), getattr(other, name)) for name in tensors)
+            and self.stopper_output == other.stopper_output
+        )
+
+    __hash__ = None  # type: ignore[assignment]

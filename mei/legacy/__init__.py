@@ -1,0 +1,1 @@
+"""Paths kept stable for method configurations written for the reference framework."""

@@ -1,0 +1,99 @@
+"""Method functions: ``method(dataloaders, model, config, seed) -> (mei, score, output)``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import OPERATION_COMPONENTS, MethodConfig
+from .errors import ConfigurationError
+from .import_utils import build_component
+from .optimization import generation_mode, optimize
+from .tracking import Tracker
+
+BATCH_FIELDS = ("inputs", "images")
+
+
+def _first_field(batch: Any) -> Tensor:
+    if isinstance(batch, Tensor):
+        return batch
+    if hasattr(batch, "_asdict"):
+        batch = batch._asdict()
+    if isinstance(batch, Mapping):
+        for name in BATCH_FIELDS:
+            if name in batch:
+                return batch[name]
+        return next(iter(batch.values()))
+    if isinstance(batch, Sequence) and batch:
+        return batch[0]
+    raise ConfigurationError(f"cannot find the inputs in a batch of type {type(batch).__name__}")
+
+
+def input_shape(dataloaders: Mapping[str, Any] | None, shape: Sequence[int] | None = None) -> tuple[int, ...]:
+    """The shape of one input batch: ``shape`` if given, else that of the first training batch.
+
+    The training loaders are ``dataloaders["train"]``, a mapping of data keys to loaders; the inputs of a
+    batch are its field ``inputs``, else ``images``, else its first field.
+    """
+    if shape is not None:
+        shape = tuple(int(size) for size in shape)
+        if len(shape) < 2:
+            raise ConfigurationError(f"shape must be (batch, channels, ...) like a data batch, got {shape}")
+        return shape
+    loaders = (dataloaders or {}).get("train")
+    if not loaders:
+        raise ConfigurationError(
+            "cannot infer the input shape: there are no dataloaders['train']; pass shape=(1, C, H, W)"
+        )
+    loader = next(iter(loaders.values())) if isinstance(loaders, Mapping) else loaders
+    return tuple(_first_field(next(iter(loader))).shape)
+
+
+def gradient_ascent(
+    dataloaders: Mapping[str, Any] | None,
+    model: nn.Module,
+    config: Mapping[str, Any],
+    seed: int,
+    *,
+    shape: Sequence[int] | None = None,
+) -> tuple[Tensor, float, dict[str, dict[str, list]]]:
+    """Generates MEIs by gradient ascent on the input of ``model``.
+
+    Returns the MEIs (a CPU tensor of shape ``(n_meis, C, H, W)``), the score (the model's evaluation of the
+    last step's input; the mean over images when there are several) and the log of the tracked objectives.
+    """
+    method = MethodConfig.parse(config)
+    batch_shape = input_shape(dataloaders, shape)
+    torch.manual_seed(seed)
+    initial = build_component("initial", method.components["initial"])
+    guess = initial(method.n_meis, *batch_shape[1:])
+    expected = (method.n_meis, *batch_shape[1:])
+    if not isinstance(guess, Tensor) or tuple(guess.shape) != expected:
+        raise ConfigurationError(
+            f"the initial component {initial!r} must return a tensor of shape {expected}, "
+            f"got {getattr(guess, 'shape', type(guess).__name__)}"
+        )
+    x = guess.to(method.device).requires_grad_()
+    optimizer = build_component("optimizer", method.components["optimizer"], params=[x])
+    stopper = build_component("stopper", method.components["stopper"])
+    tracker = Tracker({spec["path"]: build_component("objectives", spec) for spec in method.objectives})
+    operations = {
+        role: build_component(role, method.components[role])
+        for role in OPERATION_COMPONENTS
+        if role in method.components
+    }
+    with generation_mode(model, method.device):
+        final = optimize(
+            model,
+            x,
+            optimizer,
+            stopper,
+            tracker,
+            inhibitory=method.inhibitory,
+            forward_kwargs=method.model_forward_kwargs,
+            **operations,
+        )
+    return final.post_processed_input.cpu(), final.evaluation, tracker.log

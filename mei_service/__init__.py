@@ -1,0 +1,1 @@
+"""mei-service: the control plane that runs MEI generation on GPU workers."""

@@ -1,0 +1,36 @@
+"""User code of the kind the seed document shows: a custom stopper and a custom method function."""
+
+import torch
+
+from mei.stoppers import OptimizationStopper
+
+
+class EvaluationThreshold(OptimizationStopper):
+    def __init__(self, threshold):
+        self.threshold = threshold
+
+    def __call__(self, current_state):
+        if current_state.evaluation >= self.threshold:
+            return True, None
+        else:
+            return False, None
+
+
+def method(dataloaders, model, config, seed):
+    """Generates a MEI."""
+    torch.manual_seed(seed)
+    mei = torch.zeros(1, 1, 4, 4) + config["value"]
+    score = model(mei).sum().item()
+    output = {"value": config["value"]}
+    return mei, score, output
+
+
+class NthOfRandomNormal:
+    """Image ``index`` of ``torch.randn(total, ...)``: what image ``index`` of an ``n_meis=total`` run starts from."""
+
+    def __init__(self, index, total):
+        self.index = index
+        self.total = total
+
+    def __call__(self, *shape):
+        return torch.randn(self.total, *shape[1:])[self.index : self.index + 1]
