@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .errors import ConfigurationError
+from .import_utils import import_object
 
 REQUIRED_COMPONENTS = ("initial", "optimizer", "stopper")
 OPERATION_COMPONENTS = ("transform", "regularization", "precondition", "postprocessing")
@@ -85,3 +86,24 @@ class MethodConfig:
             inhibitory=bool(config.get("inhibitory", False)),
             model_forward_kwargs=dict(forward_kwargs),
         )
+
+
+def validate_method(method_fn: str, method_config: Mapping[str, Any]) -> None:
+    """Checks, without building anything, that a method can run: its function imports, and for the built-in
+    gradient ascent the config's keys and component paths are valid. A GPU is not needed to check a CUDA config.
+    """
+    method = import_object(method_fn)
+    if not callable(method):
+        raise ConfigurationError(f"method_fn '{method_fn}' is not callable")
+    if method_fn != "mei.methods.gradient_ascent":
+        return
+    if not isinstance(method_config, Mapping):
+        raise ConfigurationError(f"the method config must be a dict, got {type(method_config).__name__}")
+    MethodConfig.parse({**method_config, "device": "cpu"})
+    if str(method_config.get("device", "")).split(":")[0] not in ("cpu", "cuda"):
+        raise ConfigurationError(f"device must be 'cpu' or 'cuda', got {method_config.get('device')!r}")
+    specs = [method_config[role] for role in REQUIRED_COMPONENTS + OPERATION_COMPONENTS if method_config.get(role)]
+    for spec in [*specs, *(method_config.get("objectives") or [])]:
+        if not isinstance(spec, Mapping) or "path" not in spec:
+            raise ConfigurationError(f"a component must be a mapping with a 'path' and optional 'kwargs', got {spec!r}")
+        import_object(spec["path"])

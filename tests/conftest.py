@@ -1,8 +1,28 @@
 import copy
+import os
+import shutil
+import tempfile
+import uuid
 
-import pytest
-import torch
-from torch import nn
+# DataJoint reads its configuration once, when first imported: the environment is set before any test
+# module imports it. Each test run works in schemas of its own, dropped at the end.
+RUN_ID = uuid.uuid4().hex[:8]
+SCHEMA_PREFIX = f"test_{RUN_ID}"
+STORE_LOCATION = os.path.join(tempfile.gettempdir(), f"mei-{SCHEMA_PREFIX}-store")
+from mei_service.local import apply_local_defaults  # noqa: E402 - imports no DataJoint
+
+apply_local_defaults()
+os.environ.update(
+    MEI_SCHEMA=f"{SCHEMA_PREFIX}_mei",
+    MEI_FABRIK_SCHEMA=f"{SCHEMA_PREFIX}_fabrik",
+    MEI_DEMO_SCHEMA=f"{SCHEMA_PREFIX}_demo",
+    MEI_STORE="mei",
+    MEI_STORE_LOCATION=STORE_LOCATION,
+)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
 
 class Quadratic(nn.Module):
@@ -32,3 +52,48 @@ def seed_method_config(**overrides) -> dict:
 @pytest.fixture
 def target() -> torch.Tensor:
     return torch.randn(1, 1, 12, 16, generator=torch.Generator().manual_seed(1))
+
+
+def drop_test_schemas() -> None:
+    import datajoint as dj
+
+    connection = dj.conn()
+    rows = connection.query(
+        "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE %s", args=(f"{SCHEMA_PREFIX}%",)
+    ).fetchall()
+    for (name,) in rows:
+        connection.query(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+
+
+@pytest.fixture(scope="session")
+def database():
+    """The test run's PostgreSQL schemas and store; everything is dropped when the run ends."""
+    import datajoint as dj
+
+    dj.config["safemode"] = False
+    yield dj.conn()
+    drop_test_schemas()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(STORE_LOCATION, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def trained(database):
+    """A small trained ensemble of the demo pipeline (``tests/experiment.py``), with its objective table."""
+    import experiment
+
+    return experiment.fill()
+
+
+@pytest.fixture
+def clean_framework_tables(database):
+    """Methods and seeds are shared by every MEI table: each test that adds some starts and ends without any."""
+    from mei.main import MEIMethod, MEISeed
+
+    MEIMethod().delete()
+    MEISeed().delete()
+    yield
+    MEIMethod().delete()
+    MEISeed().delete()

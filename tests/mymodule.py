@@ -34,3 +34,14 @@ class NthOfRandomNormal:
 
     def __call__(self, *shape):
         return torch.randn(self.total, *shape[1:])[self.index : self.index + 1]
+
+
+seen_models = []
+
+
+def transaction_probe(dataloaders, model, config, seed):
+    """A method that reports, as its score, whether it runs inside a database transaction."""
+    import datajoint as dj
+
+    seen_models.append(model.model)
+    return torch.zeros(1, 1, 2, 2), float(dj.conn().in_transaction), {"seed": seed}
