@@ -26,7 +26,10 @@ DEFAULT_STORE_LOCATION = "~/.mei/store"
 
 
 def store_name() -> str:
-    """The external store's name, made available on first call (a local folder unless configured)."""
+    """The external store's name; configures it, as a local folder, where DataJoint's stores lack it.
+
+    Called when the tables that use the store are imported, so that a process which only fetches (a worker,
+    a notebook) finds the store configured."""
     name = os.environ.get("MEI_STORE", "mei")
     stores = dict(dj.config["stores"] or {})
     if name not in stores:

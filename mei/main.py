@@ -25,6 +25,7 @@ from .modules import EnsembleModel
 dj.config.jobs.allow_new_pk_fields_in_computed_tables = True
 
 schema = LazySchema("MEI_SCHEMA", "mei")
+store_name()
 
 
 @schema

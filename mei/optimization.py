@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from .domain import State
 from .errors import GradientError
+from .progress import current_observer
 from .tracking import Tracker
 
 Operation = Callable[[Tensor, int], Tensor]
@@ -69,6 +70,7 @@ def optimize(
     image's gradient its own. Values stay on the device; the ``State`` converts them only when read.
     """
     forward_kwargs = dict(forward_kwargs or {})
+    observer = current_observer()
     n_images = x.shape[0]
     input_ = x.detach().clone()
     i_iter = 0
@@ -106,6 +108,8 @@ def optimize(
         )
         stop, state.stopper_output = stopper(state)
         tracker.track(state)
+        if observer is not None:
+            observer(state)
         if stop:
             return state
         input_ = post_processed

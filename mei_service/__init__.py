@@ -1,1 +1,18 @@
-"""mei-service: the control plane that runs MEI generation on GPU workers."""
+"""mei-service: the control plane that runs MEI generation on GPU workers.
+
+``from mei_service import enqueue, status`` in a notebook; ``mei-service --help`` on the command line.
+"""
+
+from typing import Any
+
+__all__ = ["enqueue", "status"]
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: DataJoint reads its environment when first imported, which must not happen
+    # merely because a submodule such as mei_service.local was imported.
+    if name in __all__:
+        from mei_service import client
+
+        return getattr(client, name)
+    raise AttributeError(f"module 'mei_service' has no attribute {name!r}")

@@ -18,6 +18,16 @@ os.environ.update(
     MEI_DEMO_SCHEMA=f"{SCHEMA_PREFIX}_demo",
     MEI_STORE="mei",
     MEI_STORE_LOCATION=STORE_LOCATION,
+    MEI_TEST_SEED_SCHEMA=f"{SCHEMA_PREFIX}_seedservice",
+    # The service: a queue of this run's own, short heartbeats and progress intervals so that tests are quick.
+    MEI_SERVICE_DEFAULT_QUEUE=f"{SCHEMA_PREFIX}",
+    MEI_SERVICE_ALLOWED_MODULES="mei_service.demo,seed_pipeline",
+    MEI_SERVICE_HEARTBEAT_INTERVAL="1",
+    MEI_SERVICE_HEARTBEAT_TTL="4",
+    MEI_SERVICE_PROGRESS_INTERVAL="0.3",
+    MEI_SERVICE_SOFT_SHUTDOWN_TIMEOUT="2",
+    MEI_SERVICE_RETRY_BACKOFF_MAX="8",
+    PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(__file__), os.environ.get("PYTHONPATH")])),
 )
 
 import pytest  # noqa: E402

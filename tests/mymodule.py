@@ -45,3 +45,19 @@ def transaction_probe(dataloaders, model, config, seed):
 
     seen_models.append(model.model)
     return torch.zeros(1, 1, 2, 2), float(dj.conn().in_transaction), {"seed": seed}
+
+
+def paced_ascent(dataloaders, model, config, seed):
+    """gradient_ascent after ``config["seconds"]`` of waiting: a key slow enough to interrupt."""
+    import time
+
+    from mei.methods import gradient_ascent
+
+    config = dict(config)
+    time.sleep(config.pop("seconds"))
+    return gradient_ascent(dataloaders, model, config, seed)
+
+
+def unreachable(dataloaders, model, config, seed):
+    """A method for keys that must never be computed."""
+    raise AssertionError("this key should not have been computed")

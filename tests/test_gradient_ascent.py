@@ -305,3 +305,15 @@ class TestCuda:
         run(Quadratic(target), recording(1, device="cuda"), seed=11)
         torch.manual_seed(11)
         assert torch.equal(Recorder.instances[0].states[0].input_.cpu(), torch.randn(SHAPE))
+
+
+def test_an_observer_sees_every_state_without_forcing_reads(target):
+    from mei.progress import observing
+
+    seen = []
+    with observing(seen.append):
+        run(Quadratic(target), converging(4, objectives=[]))
+    assert [state.i_iter for state in seen] == [0, 1, 2, 3, 4]
+    assert isinstance(seen[0]._evaluation, torch.Tensor)
+    run(Quadratic(target), converging(2))
+    assert len(seen) == 5

@@ -1,0 +1,181 @@
+"""``mei-service``: the command line of the service.
+
+    mei-service enqueue TABLE [--restriction R] [--priority P] [--batch-size B] [--queue Q] [--wait]
+    mei-service scheduler TABLE [TABLE ...] [--interval S]
+    mei-service worker [--gpus 0,1 | --processes N] [--queues Q]
+    mei-service status TABLE [--restriction R]
+    mei-service cancel TABLE [--restriction R]
+    mei-service retry TABLE [--restriction R]
+    mei-service flower [--port P] [--local]
+    mei-service demo
+
+TABLE is the dotted import path of an MEI table (``mei_service.demo.pipeline.MEI``); R is a key as JSON
+(``'{"mei_seed": 42}'``) or a SQL condition (``"neuron_id < 10"``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any
+
+
+def _table(path: str) -> Any:
+    from mei_service.app import app
+    from mei_service.tables import resolve_table
+
+    return resolve_table(path, app.conf.mei_settings)
+
+
+def cmd_enqueue(args: argparse.Namespace) -> int:
+    from mei_service.app import app
+    from mei_service.client import Submission, as_restriction
+    from mei_service.scheduler import enqueue
+
+    table, restriction = _table(args.table), as_restriction(args.restriction)
+    sent = enqueue(app, table, restriction, priority=args.priority, batch_size=args.batch_size, queue=args.queue)
+    print(f"queued {len(sent.keys)} keys in {len(sent.batches)} tasks ({sent.seconds:.2f} s)")
+    if args.wait and sent.batches:
+        print(Submission(table, restriction, sent, app).progress())
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from mei_service.app import app
+    from mei_service.client import as_restriction
+    from mei_service.scheduler import run_daemon
+
+    tables = [_table(path) for path in args.tables]
+    print(f"scheduling {', '.join(args.tables)} every {args.interval} s")
+    run_daemon(app, tables, as_restriction(args.restriction), interval=args.interval, batch_size=args.batch_size)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mei_service.client import as_restriction, status
+
+    table, restriction = _table(args.table), as_restriction(args.restriction)
+    print(status(table & restriction if restriction is not None else table, latest_errors=args.errors))
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from mei_service.app import app
+    from mei_service.client import as_restriction, cancel
+
+    task_ids = cancel(app, _table(args.table), as_restriction(args.restriction))
+    print(f"cancelled {len(task_ids)} tasks")
+    return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    from mei_service.app import app
+    from mei_service.client import as_restriction, retry
+
+    sent = retry(app, _table(args.table), as_restriction(args.restriction))
+    print(f"queued {len(sent.keys)} keys again in {len(sent.batches)} tasks")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace, extra: list[str]) -> int:
+    # The data plane is started as its own program: the control plane never imports it.
+    os.execv(sys.executable, [sys.executable, "-m", "workers", *extra])
+    return 1
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    from mei_service.settings import Settings
+
+    settings = Settings.from_env()
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "mei_service.app",
+        "flower",
+        f"--port={args.port or settings.flower_port}",
+    ]
+    if args.local:
+        command.append("--address=127.0.0.1")
+        os.environ["FLOWER_UNAUTHENTICATED_API"] = "true"
+    elif settings.flower_basic_auth:
+        # Flower reads the credentials from its environment, so they never appear in the process list.
+        os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
+    else:
+        print(
+            "refusing to start Flower without authentication: set MEI_SERVICE_FLOWER_BASIC_AUTH=user:password, "
+            "or pass --local to serve on 127.0.0.1 only",
+            file=sys.stderr,
+        )
+        return 2
+    os.execv(sys.executable, command)
+    return 1
+
+
+def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
+    from mei_service.demo.__main__ import main as demo
+
+    demo(extra)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(
+        prog="mei-service", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = root.add_subparsers(dest="command", required=True)
+
+    def restricted(name: str, help: str, many: bool = False) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, help=help, description=help)
+        if many:
+            command.add_argument("tables", nargs="+", metavar="TABLE", help="dotted path of an MEI table")
+        else:
+            command.add_argument("table", metavar="TABLE", help="dotted path of an MEI table")
+        command.add_argument("--restriction", help="a key as JSON or a SQL condition")
+        return command
+
+    enqueue = restricted("enqueue", "queue the missing MEIs of a table once")
+    enqueue.add_argument("--priority", type=int, help="0 (most urgent) to 9; default MEI_SERVICE_DEFAULT_PRIORITY")
+    enqueue.add_argument("--batch-size", type=int, help="keys per task; default MEI_SERVICE_BATCH_SIZE")
+    enqueue.add_argument("--queue", help="queue of the workers to use, e.g. a GPU kind")
+    enqueue.add_argument("--wait", action="store_true", help="show progress until every key is done or failed")
+    enqueue.set_defaults(run=cmd_enqueue)
+
+    daemon = restricted("scheduler", "keep tables topped up and give back the keys of dead workers", many=True)
+    daemon.add_argument("--interval", type=float, default=10.0, help="seconds between rounds (default 10)")
+    daemon.add_argument("--batch-size", type=int)
+    daemon.set_defaults(run=cmd_scheduler)
+
+    status = restricted("status", "counts of done, queued, running and failed keys, and the latest errors")
+    status.add_argument("--errors", type=int, default=5, help="how many of the latest errors to show")
+    status.set_defaults(run=cmd_status)
+
+    restricted("cancel", "withdraw queued keys and stop running ones").set_defaults(run=cmd_cancel)
+    restricted("retry", "queue failed keys again").set_defaults(run=cmd_retry)
+
+    worker = commands.add_parser("worker", help="start this host's workers (see --help)", add_help=False)
+    worker.set_defaults(run=cmd_worker, passthrough=True)
+    flower = commands.add_parser("flower", help="start Flower, the monitor, with basic authentication")
+    flower.add_argument("--port", type=int)
+    flower.add_argument("--local", action="store_true", help="serve on 127.0.0.1 without authentication")
+    flower.set_defaults(run=cmd_flower)
+    demo = commands.add_parser("demo", help="run the demo end to end (see --help)", add_help=False)
+    demo.set_defaults(run=cmd_demo, passthrough=True)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args, extra = parser().parse_known_args(argv)
+    if getattr(args, "passthrough", False):
+        return args.run(args, extra)
+    if extra:
+        parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The notebook's view of the service: enqueue MEIs, watch them, collect errors, cancel.
+
+from mei_service import enqueue, status
+sub = enqueue(MEI & {"mei_seed": 42}, priority=3)
+sub.progress()          # a live progress bar until every key is done or failed
+sub.errors()            # [(key, message), ...]
+status(MEI)             # done / queued / running / failed for the whole table
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+
+from mei_service import jobs, scheduler
+from mei_service.tables import json_key, table_path
+
+
+def _app(app: Celery | None) -> Celery:
+    if app is not None:
+        return app
+    from mei_service.app import app as default_app
+
+    return default_app
+
+
+def split_query(query: Any) -> tuple[type, Any]:
+    """``(table class, restriction)`` of a table class or a restricted table such as ``MEI & key``."""
+    table = query if isinstance(query, type) else type(query)
+    if not (hasattr(table, "key_source") and hasattr(table, "make_compute")):
+        raise TypeError(f"expected an MEI table or a restriction of one, got {query!r}")
+    restriction = None if isinstance(query, type) or not query.restriction else list(query.restriction)
+    return table, restriction
+
+
+@dataclass
+class Status:
+    """Where the keys of a table (restricted) or of a submission stand."""
+
+    total: int
+    done: int = 0
+    queued: int = 0
+    unqueued: int = 0
+    running: int = 0
+    failed: int = 0
+    ignored: int = 0
+    errors: list[tuple[dict, str]] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.done + self.failed + self.ignored >= self.total
+
+    def __str__(self) -> str:
+        waiting = self.total - self.done - self.queued - self.running - self.failed - self.ignored
+        lines = [
+            f"total {self.total}: done {self.done}, queued {self.queued}, running {self.running}, "
+            f"failed {self.failed}, not queued {waiting}"
+        ]
+        lines += [f"  failed {key}: {message}" for key, message in self.errors]
+        return "\n".join(lines)
+
+
+def errors(table: Any, restriction: Any = None, limit: int | None = None) -> list[tuple[dict, str, str]]:
+    """``(key, message, traceback)`` of the failed keys, latest first."""
+    _, job_rows = jobs.restricted(table, restriction)
+    rows = (job_rows & "status = 'error'").to_dicts(order_by="completed_time DESC", limit=limit)
+    primary_key = job_rows.primary_key
+    return [(json_key({k: row[k] for k in primary_key}), row["error_message"], row["error_stack"]) for row in rows]
+
+
+def status(query: Any, latest_errors: int = 5) -> Status:
+    """Counts of done, queued, running and failed keys of a table or a restriction of it."""
+    table, restriction = split_query(query)
+    source, job_rows = jobs.restricted(table, restriction)
+    counts = {state: len(job_rows & sql) for state, sql in jobs._STATE_SQL.items()}
+    done = len(table() & source.proj())
+    recent = [(key, message) for key, message, _ in errors(table, restriction, limit=latest_errors)]
+    return Status(total=len(source), done=done, errors=recent, **counts)
+
+
+def cancel(app: Celery, table: Any, restriction: Any = None) -> set[str]:
+    """Stops the queued and running keys of ``table & restriction``; nothing of theirs is written.
+
+    Running tasks are terminated first, then their jobs withdrawn: a worker stores a key only while it holds
+    its job, so a key that finishes in between is not written either.
+    """
+    task_ids = {row.removeprefix(jobs.MARKER) for row in _service_versions(table, restriction)}
+    if task_ids:
+        app.control.revoke(sorted(task_ids), terminate=True, signal="SIGKILL")
+    return task_ids | jobs.withdraw(table, restriction)
+
+
+def _service_versions(table: Any, restriction: Any) -> set[str]:
+    _, job_rows = jobs.restricted(table, restriction)
+    selected = job_rows & f"status in ('pending', 'reserved') AND version LIKE '{jobs.MARKER}%%'"
+    return {row["version"] for row in selected.to_dicts()}
+
+
+def retry(app: Celery, table: Any, restriction: Any = None, **options: Any) -> scheduler.Enqueued:
+    """Forgets the failures of ``table & restriction`` and queues those keys again."""
+    _, job_rows = jobs.restricted(table, restriction)
+    (job_rows & "status = 'error'").delete_quick()
+    return scheduler.enqueue(app, table, restriction, **options)
+
+
+@dataclass
+class Submission:
+    """The keys one ``enqueue`` call sent, and what became of them."""
+
+    table: type
+    restriction: Any
+    enqueued: scheduler.Enqueued
+    app: Celery
+
+    @property
+    def keys(self) -> list[dict]:
+        return self.enqueued.keys
+
+    @property
+    def task_ids(self) -> list[str]:
+        return [batch.task_id for batch in self.enqueued.batches]
+
+    def status(self) -> Status:
+        counts = jobs.count_states(self.table, self.keys)
+        submitted = {tuple(sorted(key.items())) for key in self.keys}
+        recent = [
+            (key, message)
+            for key, message, _ in errors(self.table, self.restriction)
+            if tuple(sorted(key.items())) in submitted
+        ]
+        return Status(total=len(self.keys), errors=recent, **counts)
+
+    def wait(self, timeout: float | None = None, poll: float = 1.0) -> Status:
+        """Blocks until every key is done or failed; raises ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not (current := self.status()).finished:
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"not finished after {timeout} s: {current}")
+            time.sleep(poll)
+        return current
+
+    def progress(self, timeout: float | None = None, poll: float = 1.0) -> Status:
+        """Shows a progress bar that follows the keys until every one is done or failed."""
+        from tqdm.auto import tqdm
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with tqdm(total=len(self.keys), desc=table_path(self.table).rsplit(".", 1)[-1], unit="MEI") as bar:
+            while True:
+                current = self.status()
+                bar.n = current.done + current.failed
+                bar.set_postfix(running=current.running, queued=current.queued, failed=current.failed)
+                bar.refresh()
+                if current.finished or (deadline is not None and time.monotonic() > deadline):
+                    return current
+                time.sleep(poll)
+
+    def errors(self) -> list[tuple[dict, str]]:
+        """``(key, message)`` of this submission's failed keys."""
+        return self.status().errors
+
+    def cancel(self) -> None:
+        """Withdraws the queued keys and stops the running ones; none of them is written."""
+        self.app.control.revoke(self.task_ids, terminate=True, signal="SIGKILL")
+        jobs.withdraw(self.table, self.keys)
+
+    def __repr__(self) -> str:
+        return f"Submission({table_path(self.table)}, {len(self.keys)} keys in {len(self.task_ids)} tasks)"
+
+
+def enqueue(
+    query: Any,
+    *,
+    priority: int | None = None,
+    batch_size: int | None = None,
+    queue: str | None = None,
+    app: Celery | None = None,
+) -> Submission:
+    """Queues the missing MEIs of a table or a restriction of it (``MEI & key``) for the workers."""
+    table, restriction = split_query(query)
+    app = _app(app)
+    sent = scheduler.enqueue(app, table, restriction, priority=priority, batch_size=batch_size, queue=queue)
+    return Submission(table, restriction, sent, app)
+
+
+def as_restriction(value: str | None) -> Any:
+    """A restriction from the command line: JSON for a key (``{"mei_seed": 42}``), else a SQL condition."""
+    import json
+
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        return value
+    if not isinstance(parsed, Mapping | list):
+        raise ValueError(f"a restriction must be a JSON object, a list of them, or SQL; got {value!r}")
+    return parsed

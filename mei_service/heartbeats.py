@@ -1,0 +1,41 @@
+"""Worker liveness: each worker process records a heartbeat in Redis; the scheduler reads them.
+
+A worker is named ``host:pid``, as DataJoint's jobs table records who reserved a key.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+
+import redis
+
+HEARTBEATS = "mei-service:heartbeats"
+
+
+def worker_name(host: str | None = None, pid: int | None = None) -> str:
+    return f"{host or platform.node()}:{pid or os.getpid()}"
+
+
+def beat(client: redis.Redis, name: str | None = None) -> None:
+    client.hset(HEARTBEATS, name or worker_name(), time.time())
+
+
+def forget(client: redis.Redis, name: str | None = None) -> None:
+    client.hdel(HEARTBEATS, name or worker_name())
+
+
+def live_workers(client: redis.Redis, ttl: float) -> set[str]:
+    """Workers whose last heartbeat is younger than ``ttl`` seconds; long-dead entries are dropped."""
+    now = time.time()
+    live, forgotten = set(), []
+    for name, stamp in client.hgetall(HEARTBEATS).items():
+        age = now - float(stamp)
+        if age < ttl:
+            live.add(name.decode())
+        elif age > 100 * ttl:
+            forgotten.append(name)
+    if forgotten:
+        client.hdel(HEARTBEATS, *forgotten)
+    return live

@@ -1,0 +1,162 @@
+"""Finding the MEIs that are missing and putting them on the broker, once or as a daemon.
+
+``enqueue`` takes the keys of ``key_source & restriction`` that have no row and no job (neither queued,
+running nor failed), groups them into batches of one trained model and one method (a worker loads the model
+once per batch), records each batch's keys as queued (``mei_service.jobs``) and sends one task per batch.
+The daemon repeats this every few seconds and gives back the keys of workers that died.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import datajoint as dj
+import redis
+from celery import Celery
+
+from mei_service import jobs
+from mei_service.app import TASK_NAME
+from mei_service.heartbeats import live_workers
+from mei_service.settings import Settings
+from mei_service.tables import json_keys, resolve_table, table_path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Batch:
+    task_id: str
+    keys: list[dict]
+
+
+@dataclass
+class Enqueued:
+    """What one call of ``enqueue`` put on the broker."""
+
+    table: Any
+    restriction: Any
+    batches: list[Batch] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def keys(self) -> list[dict]:
+        return [key for batch in self.batches for key in batch.keys]
+
+
+def missing_keys(table: Any, restriction: Any = None) -> list[dict]:
+    """Keys with neither a row nor a job, plus keys whose job is pending but not queued."""
+    job_table = jobs.declared_jobs(table)
+    source = table().key_source
+    if restriction is not None:
+        source = source & restriction
+    handled = job_table & "status != 'pending' OR version != ''"
+    candidates = (source - table().proj()).restrict(dj.Not(handled), semantic_check=False)
+    return json_keys(candidates.keys())
+
+
+def group_into_batches(table: Any, keys: Sequence[dict], batch_size: int) -> dict[str, list[dict]]:
+    """Batches of at most ``batch_size`` keys, each of one trained model and one method."""
+    instance = table()
+    shared = [*instance.trained_model_table().primary_key, *instance.method_table().primary_key]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for key in keys:
+        groups[tuple(key[name] for name in shared)].append(key)
+    return {
+        str(uuid.uuid4()): group[start : start + batch_size]
+        for group in groups.values()
+        for start in range(0, len(group), batch_size)
+    }
+
+
+def enqueue(
+    app: Celery,
+    table: Any,
+    restriction: Any = None,
+    *,
+    priority: int | None = None,
+    batch_size: int | None = None,
+    queue: str | None = None,
+) -> Enqueued:
+    """Queues the missing keys of ``table & restriction``; returns the batches sent."""
+    settings: Settings = app.conf.mei_settings
+    path = table_path(table)
+    resolve_table(path, settings)
+    priority = settings.default_priority if priority is None else priority
+    if not 0 <= priority <= 9:
+        raise ValueError(f"priority must be 0 (most urgent) to 9, got {priority}")
+    start = time.perf_counter()
+    batches = group_into_batches(table, missing_keys(table, restriction), batch_size or settings.batch_size)
+    owned = jobs.mark_queued(table, batches, priority)
+    with app.producer_or_acquire() as producer:
+        for task_id, keys in owned.items():
+            app.send_task(
+                TASK_NAME,
+                args=[path, keys],
+                task_id=task_id,
+                priority=priority,
+                queue=queue or settings.default_queue,
+                producer=producer,
+            )
+    result = Enqueued(table, restriction, [Batch(task_id, keys) for task_id, keys in owned.items()])
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+FINISHED = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
+
+
+def recover(app: Celery, table: Any) -> list[dict]:
+    """Settles keys that no live task will finish; the next enqueue queues those given back.
+
+    Keys reserved by workers that stopped beating (a dead GPU node) are given back. Keys still queued or
+    reserved under a task that has finished are failed with the task's error if it failed (a worker that
+    cannot run them: see the message), else given back.
+    """
+    settings: Settings = app.conf.mei_settings
+    client = redis.Redis.from_url(settings.broker_url)
+    live = live_workers(client, settings.heartbeat_ttl)
+    settled = jobs.repend_orphans(table, live, grace_seconds=settings.heartbeat_ttl)
+    if settled:
+        logger.warning("gave back %d keys of %s reserved by workers that stopped", len(settled), table_path(table))
+    for task_id in jobs.tasks_in_flight(table):
+        result = app.AsyncResult(task_id)
+        if result.state not in FINISHED:
+            continue
+        error = (f"task failed: {result.result!r}", result.traceback or "") if result.state == "FAILURE" else None
+        keys = jobs.settle_task(table, task_id, error)
+        if keys:
+            logger.warning("task %s ended %s leaving %d keys; settled them", task_id, result.state, len(keys))
+        settled += keys
+    return settled
+
+
+def run_daemon(
+    app: Celery,
+    tables: Sequence[Any],
+    restriction: Any = None,
+    *,
+    interval: float = 10.0,
+    stop: threading.Event | None = None,
+    **options: Any,
+) -> None:
+    """Keeps the tables topped up: every ``interval`` seconds, recover orphaned keys and enqueue missing ones."""
+    stop = stop or threading.Event()
+    while not stop.is_set():
+        for table in tables:
+            try:
+                recover(app, table)
+                sent = enqueue(app, table, restriction, **options)
+                if sent.batches:
+                    logger.info(
+                        "queued %d keys of %s in %d tasks", len(sent.keys), table_path(table), len(sent.batches)
+                    )
+            except Exception:
+                logger.exception("scheduling %s failed; trying again in %s s", table_path(table), interval)
+        stop.wait(interval)

@@ -1,0 +1,101 @@
+"""The service's configuration, from environment variables prefixed ``MEI_SERVICE_``.
+
+Every process (scheduler, workers, Flower, the notebook client) reads the same variables; a setting's
+variable is its field name in upper case after the prefix (``broker_url`` is ``MEI_SERVICE_BROKER_URL``).
+``docs/configuration.md`` lists them with their meaning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+PREFIX = "MEI_SERVICE_"
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed, or inconsistent with another."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    result_backend: str = "redis://127.0.0.1:6379/1"
+    # Dotted module prefixes whose MEI tables workers may import; a task naming anything else is refused.
+    allowed_modules: tuple[str, ...] = ("mei_service.demo",)
+    default_queue: str = "mei"
+    default_priority: int = 5
+    batch_size: int = 16
+    # Seconds before Redis hands an unacknowledged message to another worker; every limit below fits inside.
+    visibility_timeout: int = 7200
+    task_time_limit: int = 0  # 0: derived from the visibility timeout
+    retry_backoff_max: int = 300
+    max_retries: int = 5
+    result_expires: int = 7 * 24 * 3600
+    heartbeat_interval: float = 5.0
+    heartbeat_ttl: float = 30.0
+    soft_shutdown_timeout: float = 30.0
+    progress_interval: float = 2.0
+    flower_basic_auth: str = field(default="", repr=False)
+    flower_port: int = 5555
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        environ = os.environ if environ is None else environ
+        values = {}
+        for setting in fields(cls):
+            raw = environ.get(PREFIX + setting.name.upper())
+            if raw is not None:
+                values[setting.name] = _parse(setting, raw)
+        settings = cls(**values)
+        settings.check()
+        return settings
+
+    @property
+    def hard_time_limit(self) -> int:
+        """Seconds a task may run before its worker process is killed."""
+        return self.task_time_limit or int(0.8 * (self.visibility_timeout - self.retry_backoff_max))
+
+    @property
+    def soft_time_limit(self) -> int:
+        """Seconds after which a task is told to stop (the current key fails, the others return to the queue)."""
+        return max(1, int(0.9 * self.hard_time_limit))
+
+    def check(self) -> None:
+        """Raises ``SettingsError`` when a task could outlive the broker's visibility timeout."""
+        longest = self.hard_time_limit + self.retry_backoff_max + self.soft_shutdown_timeout
+        if longest >= self.visibility_timeout:
+            raise SettingsError(
+                f"a task may run {self.hard_time_limit} s and wait {self.retry_backoff_max} s before a retry "
+                f"(and {self.soft_shutdown_timeout} s at shutdown), longer than MEI_SERVICE_VISIBILITY_TIMEOUT="
+                f"{self.visibility_timeout} s after which Redis would deliver it again; raise the visibility "
+                "timeout or lower MEI_SERVICE_TASK_TIME_LIMIT / MEI_SERVICE_RETRY_BACKOFF_MAX"
+            )
+        if not 0 <= self.default_priority <= 9:
+            raise SettingsError(
+                f"MEI_SERVICE_DEFAULT_PRIORITY must be 0 (most urgent) to 9, got {self.default_priority}"
+            )
+        if self.batch_size < 1:
+            raise SettingsError(f"MEI_SERVICE_BATCH_SIZE must be at least 1, got {self.batch_size}")
+        if self.flower_basic_auth and ":" not in self.flower_basic_auth:
+            raise SettingsError("MEI_SERVICE_FLOWER_BASIC_AUTH must be 'user:password'")
+
+    def replace(self, **changes: object) -> Settings:
+        settings = dataclasses.replace(self, **changes)
+        settings.check()
+        return settings
+
+
+def _parse(setting: dataclasses.Field, raw: str) -> object:
+    name = PREFIX + setting.name.upper()
+    kind = type(setting.default)
+    try:
+        if kind is tuple:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        if kind is bool:
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        return kind(raw)
+    except ValueError as error:
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from error

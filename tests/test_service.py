@@ -1,0 +1,271 @@
+"""The distributed service with real processes: Redis, PostgreSQL, Celery workers and Flower."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import experiment
+import pytest
+import seed_pipeline
+import torch
+from service import Flower, Workers, wait_for
+
+from mei.main import MEIMethod, MEISeed
+from mei_service import client, enqueue, status
+from mei_service.app import TASK_NAME, app
+from mei_service.demo.pipeline import MEI, Objective
+from mei_service.settings import Settings, SettingsError
+from mei_service.tables import TableNotAllowedError
+
+
+@pytest.fixture(scope="module")
+def workers(tmp_path_factory, trained):
+    running = Workers(tmp_path_factory.mktemp("workers") / "workers.log", processes=2).wait_ready()
+    yield running
+    running.stop()
+
+
+def add_method(iterations=20, **overrides):
+    return MEIMethod().add_method("mei.methods.gradient_ascent", experiment.quick_method(iterations, **overrides))
+
+
+def add_paced_method(seconds):
+    return MEIMethod().add_method("mymodule.paced_ascent", experiment.quick_method(20, seconds=seconds))
+
+
+def neurons():
+    return experiment.DATASET["neurons"]
+
+
+def test_the_seed_tables_populated_through_the_service(trained, workers, clean_framework_tables):
+    seed_pipeline.TrainedEnsembleModel().create_ensemble(trained["members"], comment="My ensemble")
+    seed_pipeline.Objective().insert(
+        [dict(trained["dataset"], neuron_id=n, output_unit=n) for n in range(neurons())], allow_direct_insert=True
+    )
+    method = add_method(iterations=50)
+    MEISeed().insert1({"mei_seed": 42})
+    submission = enqueue(seed_pipeline.MEI, batch_size=3)
+    assert len(submission.keys) == neurons() and len(submission.task_ids) == 2
+    final = submission.wait(timeout=120)
+    assert final.done == neurons() and final.failed == 0
+    row = (seed_pipeline.MEI & method & {"neuron_id": 2}).fetch1()
+    assert (
+        isinstance(row["mei"], torch.Tensor) and row["output"]["mei.objectives.EvaluationObjective"]["times"][-1] == 50
+    )
+    assert seed_pipeline.MEI.jobs.progress()["total"] == 0
+    assert seed_pipeline.MEI().progress() == (0, neurons())
+    table_status = status(seed_pipeline.MEI)
+    assert (table_status.total, table_status.done, table_status.queued, table_status.running) == (
+        neurons(),
+        neurons(),
+        0,
+        0,
+    )
+
+
+def test_enqueueing_the_same_keys_twice_at_once_sends_each_key_once(trained, workers, clean_framework_tables):
+    add_method()
+    MEISeed().insert([{"mei_seed": seed} for seed in range(5)])
+    restriction = ["--restriction", json.dumps(trained["ensemble"])]
+    command = [sys.executable, "-m", "mei_service.cli", "enqueue", "mei_service.demo.pipeline.MEI", *restriction]
+    enqueuers = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [enqueuer.communicate(timeout=120)[0] for enqueuer in enqueuers]
+    queued = [int(output.split("queued ")[1].split()[0]) for output in outputs]
+    assert sum(queued) == 5 * neurons(), outputs
+    wait_for(lambda: status(MEI & trained["ensemble"]).finished, 120, message="all keys done")
+    assert len(MEI & trained["ensemble"]) == 5 * neurons()
+    assert status(MEI & trained["ensemble"]).failed == 0
+    assert enqueue(MEI & trained["ensemble"]).keys == []
+
+
+def test_a_failing_key_is_recorded_and_not_retried_while_the_batch_completes(trained, workers, clean_framework_tables):
+    broken = dict(trained["dataset"], neuron_id=99)
+    Objective().insert1(dict(broken, output_unit=999), allow_direct_insert=True)
+    try:
+        add_method()
+        MEISeed().insert1({"mei_seed": 1})
+        submission = enqueue(MEI & trained["ensemble"], batch_size=10)
+        assert len(submission.task_ids) == 1
+        final = submission.wait(timeout=120)
+        assert (final.done, final.failed) == (neurons(), 1)
+        [(key, message)] = submission.errors()
+        assert key["neuron_id"] == 99 and message.startswith("IndexError")
+        error = (MEI.jobs & broken).fetch1()
+        assert "Traceback" in error["error_stack"] and "mei/modules.py" in error["error_stack"]
+        result = app.AsyncResult(submission.task_ids[0])
+        assert result.get(timeout=30) == {"done": neurons(), "failed": 1, "skipped": 0, "released": 0}
+        assert result.retries in (0, None)
+    finally:
+        (MEI.jobs & broken).delete_quick()
+        (Objective & broken).delete_quick()
+
+
+def test_a_bad_method_config_fails_every_key_fast(trained, workers, clean_framework_tables):
+    config = experiment.quick_method()
+    config["optimizer"] = {"path": "torch.optim.SGD", "kwargs": {"learning_rate": 1.0}}
+    MEIMethod().insert1({"method_fn": "mei.methods.gradient_ascent", "method_hash": "bad", "method_config": config})
+    MEISeed().insert1({"mei_seed": 1})
+    final = enqueue(MEI & trained["ensemble"]).wait(timeout=60)
+    assert (final.done, final.failed) == (0, neurons())
+    assert all("component 'optimizer' could not be built" in message for _, message in final.errors)
+
+
+def test_a_worker_process_killed_mid_key_is_redelivered_and_completes_once(trained, tmp_path, clean_framework_tables):
+    lone = Workers(tmp_path / "worker.log").wait_ready()
+    try:
+        add_paced_method(seconds=2)
+        MEISeed().insert1({"mei_seed": 1})
+        submission = enqueue(MEI & trained["ensemble"], batch_size=neurons())
+        [task_id] = submission.task_ids
+        wait_for(lambda: app.AsyncResult(task_id).state == "PROGRESS", 60, message="task running")
+        [pid] = {row["pid"] for row in (MEI.jobs & "status = 'reserved'").to_dicts()}
+        os.kill(pid, signal.SIGKILL)
+        final = submission.wait(timeout=120)
+        assert (final.done, final.failed) == (neurons(), 0)
+        assert len(MEI & trained["ensemble"]) == neurons()
+        assert "WorkerLostError" in lone.output() or "Process" in lone.output()
+    finally:
+        lone.stop()
+
+
+@pytest.mark.slow
+def test_a_dead_worker_node_gives_its_keys_back_to_the_scheduler(trained, tmp_path, clean_framework_tables):
+    from mei_service.scheduler import run_daemon
+
+    doomed = Workers(tmp_path / "doomed.log").wait_ready()
+    add_paced_method(seconds=1)
+    MEISeed().insert1({"mei_seed": 1})
+    submission = enqueue(MEI & trained["ensemble"], batch_size=neurons())
+    wait_for(lambda: app.AsyncResult(submission.task_ids[0]).state == "PROGRESS", 60, message="task running")
+    doomed.signal(signal.SIGKILL)
+    killed = time.monotonic()
+    rescuer = Workers(tmp_path / "rescuer.log").wait_ready()
+    stop = threading.Event()
+    daemon = threading.Thread(
+        target=run_daemon, args=(app, [MEI], trained["ensemble"]), kwargs={"interval": 1, "stop": stop}
+    )
+    daemon.start()
+    try:
+        wait_for(lambda: len(MEI & trained["ensemble"]) == neurons(), 120, message="keys recovered")
+        recovery = time.monotonic() - killed
+        print(f"recovered {neurons()} keys {recovery:.1f} s after the worker node died")
+        assert recovery < 60
+        assert status(MEI & trained["ensemble"]).failed == 0
+    finally:
+        stop.set()
+        daemon.join()
+        rescuer.stop()
+
+
+def test_cancel_withdraws_queued_keys_and_stops_running_ones(trained, workers, clean_framework_tables):
+    add_paced_method(seconds=3)
+    MEISeed().insert([{"mei_seed": seed} for seed in range(3)])
+    submission = enqueue(MEI & trained["ensemble"], batch_size=2)
+    wait_for(lambda: submission.status().running > 0, 60, message="a key running")
+    submission.cancel()
+    done_at_cancel = len(MEI & trained["ensemble"])
+    time.sleep(5)
+    assert len(MEI & trained["ensemble"]) == done_at_cancel < len(submission.keys)
+    assert submission.status().queued == submission.status().running == 0
+    MEIMethod().delete()
+    add_method()
+    assert enqueue(MEI & trained["ensemble"]).wait(timeout=120).done == 3 * neurons()
+
+
+def test_tables_outside_the_allow_list_are_refused_before_import(trained, workers, tmp_path):
+    marker = tmp_path / "imported"
+    module = tmp_path / "rogue_tables.py"
+    module.write_text(f"open({str(marker)!r}, 'w').close()\nMEI = None\n")
+    with pytest.raises(TableNotAllowedError, match="MEI_SERVICE_ALLOWED_MODULES"):
+        client.enqueue(type("MEI", (MEI,), {"__module__": "rogue_tables"}))
+    result = app.send_task(TASK_NAME, args=["rogue_tables.MEI", []], queue=app.conf.task_default_queue)
+    with pytest.raises(Exception, match="not in an allowed module"):
+        result.get(timeout=60)
+    assert not marker.exists()
+
+
+def test_status_command_prints_counts_and_latest_errors(trained, workers, clean_framework_tables):
+    config = experiment.quick_method()
+    config["initial"] = {"path": "mei.initial.Missing"}
+    MEIMethod().insert1({"method_fn": "mei.methods.gradient_ascent", "method_hash": "missing", "method_config": config})
+    MEISeed().insert1({"mei_seed": 1})
+    command = [sys.executable, "-m", "mei_service.cli"]
+    table = ["mei_service.demo.pipeline.MEI", "--restriction", json.dumps(trained["ensemble"])]
+    queued = subprocess.run([*command, "enqueue", *table, "--wait"], capture_output=True, text=True)
+    assert f"queued {neurons()} keys" in queued.stdout
+    shown = subprocess.run([*command, "status", *table, "--errors", "1"], capture_output=True, text=True)
+    assert f"failed {neurons()}" in shown.stdout
+    assert "Object in 'mei.initial.Missing' not found" in shown.stdout
+
+
+def test_time_limits_must_fit_in_the_visibility_timeout():
+    with pytest.raises(SettingsError, match="longer than MEI_SERVICE_VISIBILITY_TIMEOUT=600"):
+        Settings.from_env({"MEI_SERVICE_VISIBILITY_TIMEOUT": "600", "MEI_SERVICE_TASK_TIME_LIMIT": "900"})
+    derived = Settings.from_env({"MEI_SERVICE_VISIBILITY_TIMEOUT": "3600"})
+    assert derived.hard_time_limit + derived.retry_backoff_max < derived.visibility_timeout
+    assert app.conf.task_time_limit == Settings.from_env().hard_time_limit
+    env = dict(os.environ, MEI_SERVICE_VISIBILITY_TIMEOUT="100", MEI_SERVICE_TASK_TIME_LIMIT="200")
+    started = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "mei_service.app", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode != 0 and "MEI_SERVICE_VISIBILITY_TIMEOUT=100" in started.stderr
+
+
+def test_flower_lists_workers_and_tasks_with_progress(trained, workers, tmp_path, clean_framework_tables):
+    refused = subprocess.run([sys.executable, "-m", "mei_service.cli", "flower"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "MEI_SERVICE_FLOWER_BASIC_AUTH" in refused.stderr
+    port = 21000 + os.getpid() % 10000
+    env = dict(os.environ, MEI_SERVICE_FLOWER_BASIC_AUTH="lab:s3cret")
+    flower = Flower(tmp_path / "flower.log", port, env)
+    try:
+        auth = ("lab", "s3cret")
+        wait_for(lambda: _answers(flower, auth), 60, message="Flower up")
+        assert flower.get("/api/workers", auth=None).status_code == 401
+        wait_for(lambda: len(flower.get("/api/workers?refresh=1", auth).json()) >= 2, 60, message="workers listed")
+        add_paced_method(seconds=1)
+        MEISeed().insert1({"mei_seed": 1})
+        submission = enqueue(MEI & trained["ensemble"], batch_size=2)
+        tasks = wait_for(lambda: _tasks_with_progress(flower, auth, submission.task_ids), 60, message="progress shown")
+        task = tasks[0]
+        assert task["name"] == TASK_NAME and "mei_service.demo.pipeline.MEI" in task["args"]
+        assert task["state"] == "PROGRESS" and "iteration" in task["result"]
+        detail = flower.get(f"/api/task/result/{task['uuid']}", auth).json()
+        assert detail["state"] in ("PROGRESS", "SUCCESS")
+        submission.wait(timeout=120)
+        assert "s3cret" not in flower.output()
+    finally:
+        flower.stop()
+
+
+def _answers(flower, auth):
+    try:
+        return flower.get("/api/workers", auth).status_code == 200
+    except OSError:
+        return False
+
+
+def _tasks_with_progress(flower, auth, task_ids):
+    tasks = flower.get("/api/tasks", auth).json()
+    return [task for task_id, task in tasks.items() if task_id in task_ids and task["state"] == "PROGRESS"]
+
+
+def test_the_control_plane_never_imports_the_data_plane():
+    import ast
+    from pathlib import Path
+
+    import mei_service
+
+    for path in Path(mei_service.__file__).parent.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            assert not [name for name in names if name.split(".")[0] == "workers"], path

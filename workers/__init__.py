@@ -1,0 +1,1 @@
+"""The data plane: worker processes that generate MEIs for the tasks the scheduler sends."""

@@ -1,0 +1,5 @@
+import sys
+
+from workers.runtime import main
+
+sys.exit(main())

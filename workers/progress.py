@@ -1,0 +1,55 @@
+"""Reporting a running batch to Flower (task events) and to the result backend (task state)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from celery import Task
+
+from mei.domain import State
+
+
+class BatchProgress:
+    """Sends ``task-progress`` events: which key of the batch, its iteration and best evaluation so far.
+
+    Reading an evaluation copies it from the device, so a step is read at most every ``interval`` seconds.
+    """
+
+    def __init__(self, task: Task, total: int, interval: float) -> None:
+        self.task = task
+        self.total = total
+        self.interval = interval
+        self.done = 0
+        self.key: Mapping[str, Any] = {}
+        self.best = -math.inf
+        self.last_sent = 0.0
+
+    def start_key(self, index: int, key: Mapping[str, Any]) -> None:
+        self.done, self.key, self.best = index, key, -math.inf
+        self.send(iteration=0, evaluation=None)
+
+    def __call__(self, state: State) -> None:
+        if time.monotonic() - self.last_sent >= self.interval:
+            self.best = max(self.best, state.evaluation)
+            self.send(iteration=state.i_iter, evaluation=state.evaluation)
+
+    def send(self, iteration: int, evaluation: float | None) -> None:
+        self.last_sent = time.monotonic()
+        info = {
+            "key_index": self.done,
+            "keys": self.total,
+            "key": dict(self.key),
+            "iteration": iteration,
+            "evaluation": evaluation,
+            "best_evaluation": None if math.isinf(self.best) else self.best,
+        }
+        # Flower's task page shows a fixed set of fields: while the task runs, `result` carries the progress.
+        summary = (
+            f"key {self.done + 1} of {self.total}, iteration {iteration}, best evaluation {info['best_evaluation']}"
+        )
+        self.task.send_event("task-progress", result=summary, **info)
+        if self.task.request.id:
+            self.task.update_state(state="PROGRESS", meta=info)

@@ -1,0 +1,55 @@
+"""The task workers run: generate the MEIs of a batch of keys of one table."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from mei_service.app import TASK_NAME, app
+from mei_service.failures import is_transient
+from mei_service.settings import Settings
+from mei_service.tables import resolve_table
+from workers.execution import run_batch
+from workers.heartbeat import Heartbeat
+from workers.progress import BatchProgress
+
+logger = logging.getLogger(__name__)
+settings: Settings = app.conf.mei_settings
+heartbeat: Heartbeat | None = None
+
+
+@worker_process_init.connect
+def start_heartbeat(**_: object) -> None:
+    global heartbeat
+    heartbeat = Heartbeat(settings.broker_url, settings.heartbeat_interval)
+    heartbeat.start()
+
+
+@worker_process_shutdown.connect
+def stop_heartbeat(**_: object) -> None:
+    if heartbeat is not None:
+        heartbeat.stop()
+
+
+def retry_countdown(retries: int) -> int:
+    """Exponential backoff: 2, 4, 8, ... seconds, at most ``retry_backoff_max``."""
+    return min(2 ** (retries + 1), settings.retry_backoff_max)
+
+
+# A task whose worker process died is retried after default_retry_delay (task_retry_on_worker_lost).
+@app.task(bind=True, name=TASK_NAME, default_retry_delay=retry_countdown(0), max_retries=settings.max_retries)
+def generate(self: Task, table: str, keys: list[dict]) -> dict[str, int]:
+    """Generates the MEIs of ``keys`` (one trained model, one method) in the MEI table at dotted path ``table``."""
+    mei_table = resolve_table(table, settings)
+    progress = BatchProgress(self, total=len(keys), interval=settings.progress_interval)
+    try:
+        result = run_batch(mei_table, keys, self.request.id, progress)
+    except Exception as error:
+        if not is_transient(error):
+            raise
+        countdown = retry_countdown(self.request.retries)
+        logger.warning("lost a connection (%s); retrying in %s s", error, countdown)
+        raise self.retry(exc=error, countdown=countdown, max_retries=settings.max_retries) from error
+    return result.summary()
