@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import datajoint as dj
+
 from mei.import_utils import import_object, split_module_name
 from mei_service.settings import Settings
 
@@ -28,7 +30,7 @@ def resolve_table(path: str, settings: Settings) -> Any:
             f"(now {','.join(settings.allowed_modules) or 'empty'})"
         )
     table = import_object(path)
-    if not (isinstance(table, type) and hasattr(table, "key_source") and hasattr(table, "make_compute")):
+    if not (isinstance(table, type) and issubclass(table, dj.Computed) and hasattr(table, "make_compute")):
         raise TypeError(f"'{path}' is not an MEI table (a subclass of mei.main.MEITemplate)")
     return table
 

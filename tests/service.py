@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,8 +41,13 @@ class Process:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signum)
 
-    def stop(self, timeout: float = 30) -> None:
-        self.signal(signal.SIGTERM)
+    def stop(self, timeout: float = 30, group: bool = True) -> None:
+        """SIGTERM to the whole process group, or (``group=False``) to the main process only, as an orchestrator
+        stopping a container does; SIGKILL after ``timeout`` seconds."""
+        if group:
+            self.signal(signal.SIGTERM)
+        elif self.process.poll() is None:
+            self.process.terminate()
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -73,12 +80,13 @@ class Flower(Process):
 class DisposablePostgres:
     """A PostgreSQL server of our own on another port, to stop and start; owned by the postgres user."""
 
-    def __init__(self, directory: Path, port: int) -> None:
-        self.directory = directory / "data"
+    def __init__(self, port: int) -> None:
+        # Outside pytest's private temporary folders, which the postgres user cannot enter.
+        self.root = Path(tempfile.mkdtemp(prefix="mei-test-postgres-"))
+        self.directory = self.root / "data"
         self.port = port
         self.bin = Path(sorted(Path("/usr/lib/postgresql").glob("*/bin"))[-1])
-        directory.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["chown", "postgres", str(directory)], check=True)
+        subprocess.run(["chown", "postgres", str(self.root)], check=True)
         self._as_postgres("initdb", "-D", str(self.directory), "-U", "postgres", "--auth=trust", "-E", "UTF8")
 
     def _as_postgres(self, program: str, *args: str) -> None:
@@ -93,3 +101,6 @@ class DisposablePostgres:
 
     def stop(self) -> None:
         self._as_postgres("pg_ctl", "-D", str(self.directory), "-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -269,3 +269,72 @@ def test_the_control_plane_never_imports_the_data_plane():
             if isinstance(node, ast.ImportFrom) and node.level == 0:
                 names = [node.module or ""]
             assert not [name for name in names if name.split(".")[0] == "workers"], path
+
+
+@pytest.mark.slow
+def test_a_stopped_worker_returns_its_unfinished_keys_to_the_queue(trained, tmp_path, clean_framework_tables):
+    stopping = Workers(tmp_path / "stopping.log").wait_ready()
+    add_paced_method(seconds=2)
+    MEISeed().insert1({"mei_seed": 1})
+    submission = enqueue(MEI & trained["ensemble"], batch_size=neurons())
+    wait_for(lambda: app.AsyncResult(submission.task_ids[0]).state == "PROGRESS", 60, message="task running")
+    stopped = time.monotonic()
+    stopping.stop(timeout=60, group=False)
+    print(f"worker stopped {time.monotonic() - stopped:.1f} s after SIGTERM")
+    assert "Restoring 1 unacknowledged message" in stopping.output()
+    assert len(MEI & trained["ensemble"]) < neurons()
+    successor = Workers(tmp_path / "successor.log").wait_ready()
+    try:
+        final = submission.wait(timeout=120)
+        assert (final.done, final.failed) == (neurons(), 0)
+    finally:
+        successor.stop()
+
+
+@pytest.mark.slow
+def test_a_lost_database_is_retried_with_backoff_until_it_returns(tmp_path):
+    from service import DisposablePostgres
+
+    port = 25000 + os.getpid() % 5000
+    database = DisposablePostgres(port)
+    database.start()
+    prefix = f"{os.environ['MEI_SERVICE_DEFAULT_QUEUE']}_lost"
+    env = dict(
+        os.environ,
+        DJ_PORT=str(port),
+        MEI_SCHEMA=f"{prefix}_mei",
+        MEI_FABRIK_SCHEMA=f"{prefix}_fabrik",
+        MEI_DEMO_SCHEMA=f"{prefix}_demo",
+        MEI_STORE_LOCATION=str(tmp_path / "store"),
+        MEI_SERVICE_DEFAULT_QUEUE=prefix,
+    )
+    setup = (
+        "import experiment\n"
+        "from mei.main import MEIMethod, MEISeed\n"
+        "trained = experiment.fill()\n"
+        "MEIMethod().add_method('mymodule.paced_ascent', experiment.quick_method(20, seconds=1))\n"
+        "MEISeed().insert1({'mei_seed': 1})\n"
+    )
+    subprocess.run([sys.executable, "-c", setup], env=env, check=True, capture_output=True, timeout=300)
+    worker = Workers(tmp_path / "worker.log", env=env).wait_ready()
+    cli = [sys.executable, "-m", "mei_service.cli"]
+    try:
+        subprocess.run([*cli, "enqueue", "mei_service.demo.pipeline.MEI"], env=env, check=True, timeout=120)
+        wait_for(lambda: "received" in worker.output(), 60, message="task received")
+        time.sleep(1.5)
+        database.stop()
+        wait_for(lambda: "retrying in" in worker.output(), 60, message="a retry")
+        time.sleep(5)
+        database.start()
+
+        def finished():
+            shown = subprocess.run(
+                [*cli, "status", "mei_service.demo.pipeline.MEI"], env=env, capture_output=True, text=True
+            )
+            return f"done {neurons()}, queued 0, running 0, failed 0" in shown.stdout
+
+        wait_for(finished, 120, interval=2, message="all keys done after the database returned")
+    finally:
+        worker.stop()
+        database.stop()
+        database.remove()

@@ -53,6 +53,9 @@ def worker_command(slot: Slot, queues: str, loglevel: str) -> list[str]:
 def start(slot: Slot, queues: str, loglevel: str, threads: int) -> None:
     # Without a limit every process would use every core: on a shared CPU they would slow each other down.
     env = {"OMP_NUM_THREADS": str(threads), **os.environ, "CUDA_VISIBLE_DEVICES": slot.visible_devices}
+    # SIGTERM starts Celery's soft shutdown: the running task has worker_soft_shutdown_timeout seconds to finish,
+    # then its message goes back to the queue (a plain warm shutdown would wait for the whole batch).
+    env["REMAP_SIGTERM"] = "SIGQUIT"
     slot.process = subprocess.Popen(worker_command(slot, queues, loglevel), env=env)
     logger.info(
         "started worker %s (pid %s, CUDA_VISIBLE_DEVICES=%r)", slot.label, slot.process.pid, slot.visible_devices

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
+import datajoint as dj
 from celery import Task
 from celery.signals import worker_process_init, worker_process_shutdown
 
@@ -33,6 +35,12 @@ def stop_heartbeat(**_: object) -> None:
         heartbeat.stop()
 
 
+def reconnect_database() -> None:
+    """Opens a new database connection in place of a lost one, if the database is back; else the retry will."""
+    with contextlib.suppress(Exception):
+        dj.conn().connect()
+
+
 def retry_countdown(retries: int) -> int:
     """Exponential backoff: 2, 4, 8, ... seconds, at most ``retry_backoff_max``."""
     return min(2 ** (retries + 1), settings.retry_backoff_max)
@@ -42,13 +50,13 @@ def retry_countdown(retries: int) -> int:
 @app.task(bind=True, name=TASK_NAME, default_retry_delay=retry_countdown(0), max_retries=settings.max_retries)
 def generate(self: Task, table: str, keys: list[dict]) -> dict[str, int]:
     """Generates the MEIs of ``keys`` (one trained model, one method) in the MEI table at dotted path ``table``."""
-    mei_table = resolve_table(table, settings)
     progress = BatchProgress(self, total=len(keys), interval=settings.progress_interval)
     try:
-        result = run_batch(mei_table, keys, self.request.id, progress)
+        result = run_batch(resolve_table(table, settings), keys, self.request.id, progress)
     except Exception as error:
         if not is_transient(error):
             raise
+        reconnect_database()
         countdown = retry_countdown(self.request.retries)
         logger.warning("lost a connection (%s); retrying in %s s", error, countdown)
         raise self.retry(exc=error, countdown=countdown, max_retries=settings.max_retries) from error
