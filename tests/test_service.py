@@ -274,14 +274,15 @@ def test_the_control_plane_never_imports_the_data_plane():
 @pytest.mark.slow
 def test_a_stopped_worker_returns_its_unfinished_keys_to_the_queue(trained, tmp_path, clean_framework_tables):
     stopping = Workers(tmp_path / "stopping.log").wait_ready()
-    add_paced_method(seconds=2)
+    add_paced_method(seconds=4)
     MEISeed().insert1({"mei_seed": 1})
     submission = enqueue(MEI & trained["ensemble"], batch_size=neurons())
     wait_for(lambda: app.AsyncResult(submission.task_ids[0]).state == "PROGRESS", 60, message="task running")
     stopped = time.monotonic()
     stopping.stop(timeout=60, group=False)
-    print(f"worker stopped {time.monotonic() - stopped:.1f} s after SIGTERM")
-    assert "Restoring 1 unacknowledged message" in stopping.output()
+    seconds = time.monotonic() - stopped
+    print(f"worker stopped {seconds:.1f} s after SIGTERM")
+    assert seconds < 10, "a stopped worker waits the soft-shutdown timeout, not for its whole batch (16 s)"
     assert len(MEI & trained["ensemble"]) < neurons()
     successor = Workers(tmp_path / "successor.log").wait_ready()
     try:
