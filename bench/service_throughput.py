@@ -57,7 +57,7 @@ def fill(enqueue_keys: int) -> tuple[dict, dict]:
     """The tiny ensemble with UNITS units, and a second dataset whose keys only the enqueue benchmark uses."""
     from bench.pipeline import MEI, TrainedEnsembleModel, TrainedModel, Unit
     from mei.fabrik import Dataset, Fabrikant, Model, Seed, Trainer
-    from mei.main import MEISeed
+    from mei.main import MEIMethod, MEISeed
 
     Fabrikant().insert1({"fabrikant_name": "bench"}, skip_duplicates=True)
     Seed().insert([{"seed": seed} for seed in range(5)], skip_duplicates=True)
@@ -72,6 +72,7 @@ def fill(enqueue_keys: int) -> tuple[dict, dict]:
     Unit().insert([dict(dataset, unit_id=unit) for unit in range(UNITS)], skip_duplicates=True)
     seeds = max(SEEDS, enqueue_keys // 1000)
     MEISeed().insert([{"mei_seed": seed} for seed in range(seeds)], skip_duplicates=True)
+    MEIMethod().add_method("mei.methods.gradient_ascent", method(0), skip_duplicates=True)
     other = Dataset().add_entry("bench.pipeline.random_images", {"size": "enqueue"}, dataset_fabrikant="bench", **owner)
     unqueued = dict(other, ensemble_hash="0" * 32)
     TrainedEnsembleModel().insert1(unqueued, skip_duplicates=True)
@@ -84,14 +85,13 @@ def measure_enqueue(app, restriction: dict) -> dict:
     import redis
 
     from bench.pipeline import MEI
-    from mei_service import jobs
     from mei_service.scheduler import enqueue, missing_keys
 
     start = time.perf_counter()
     found = len(missing_keys(MEI, restriction))
     finding = time.perf_counter() - start
     sent = enqueue(app, MEI, restriction, queue=f"{PREFIX}-idle")
-    jobs.withdraw(MEI, restriction)
+    MEI().jobs.delete_quick()
     client = redis.Redis.from_url(app.conf.mei_settings.broker_url)
     for name in client.scan_iter(f"{PREFIX}-idle*"):
         client.delete(name)
@@ -109,7 +109,7 @@ def clear(restriction: dict) -> None:
     from bench.pipeline import MEI
 
     (MEI & restriction).delete_quick()
-    (MEI().jobs & "true").delete_quick()
+    MEI().jobs.delete_quick()
 
 
 def run_populate(restriction: dict, processes: int) -> float:
@@ -129,7 +129,7 @@ def run_service(app, restriction: dict, batch_size: int) -> float:
     from mei_service import client
 
     start = time.perf_counter()
-    client.enqueue(MEI & restriction, batch_size=batch_size, app=app).wait(timeout=3600, poll=0.2)
+    client.enqueue(MEI & restriction, batch_size=batch_size, app=app).wait(timeout=3600, poll=1.0)
     return time.perf_counter() - start
 
 
@@ -139,19 +139,25 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=100, help="steps per MEI in the comparison")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "service_throughput.json")
+    parser.add_argument("--parts", default="enqueue,comparison,overhead", help="which measurements to run")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     configure()
 
+    from bench.pipeline import MEI
     from mei.main import MEIMethod
     from mei_service.app import app
 
     ensemble, unqueued = fill(args.enqueue_keys)
-    report: dict = {"host": f"{os.cpu_count()} cores", "workers": args.workers}
-    report["enqueue"] = measure_enqueue(app, [dict(unqueued, mei_seed=s) for s in range(args.enqueue_keys // 1000)])
-    print(
-        f"enqueue: {report['enqueue']['keys']} keys in {report['enqueue']['seconds']:.1f} s "
-        f"({report['enqueue']['keys_per_second']:.0f} keys/s)"
-    )
+    report = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report.update(host=f"{os.cpu_count()} cores", workers=args.workers)
+    if "enqueue" in parts:
+        restriction = [dict(unqueued, mei_seed=s) for s in range(args.enqueue_keys // 1000)]
+        report["enqueue"] = measure_enqueue(app, restriction)
+        print(
+            f"enqueue: {report['enqueue']['keys']} keys in {report['enqueue']['seconds']:.1f} s "
+            f"({report['enqueue']['keys_per_second']:.0f} keys/s)"
+        )
 
     command = [sys.executable, "-m", "workers", "--processes", str(args.workers), "--loglevel", "warning"]
     with Path(f"/tmp/{PREFIX}_workers.log").open("ab") as log:
@@ -160,6 +166,9 @@ def main() -> None:
         while len(app.control.ping(timeout=1.0)) < args.workers:
             time.sleep(0.5)
         for name, iterations in (("comparison", args.iterations), ("overhead", 0)):
+            if name not in parts:
+                continue
+            MEI().delete_quick()
             MEIMethod().delete_quick()
             key = MEIMethod().add_method("mei.methods.gradient_ascent", method(iterations))
             restriction = [dict(ensemble, **key, mei_seed=seed) for seed in range(SEEDS)]

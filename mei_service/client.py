@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import datajoint as dj
 from celery import Celery
 
 from mei_service import jobs, scheduler
@@ -33,7 +34,7 @@ def split_query(query: Any) -> tuple[type, Any]:
     table = query if isinstance(query, type) else type(query)
     if not (hasattr(table, "key_source") and hasattr(table, "make_compute")):
         raise TypeError(f"expected an MEI table or a restriction of one, got {query!r}")
-    restriction = None if isinstance(query, type) or not query.restriction else list(query.restriction)
+    restriction = None if isinstance(query, type) or not query.restriction else dj.AndList(query.restriction)
     return table, restriction
 
 
@@ -47,18 +48,22 @@ class Status:
     unqueued: int = 0
     running: int = 0
     failed: int = 0
-    ignored: int = 0
+    cancelled: int = 0
     errors: list[tuple[dict, str]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
-        return self.done + self.failed + self.ignored >= self.total
+        """Nothing is queued or running any more (keys may still be missing: see ``not_queued``)."""
+        return self.queued + self.running == 0
+
+    @property
+    def not_queued(self) -> int:
+        return self.total - self.done - self.queued - self.running - self.failed - self.cancelled
 
     def __str__(self) -> str:
-        waiting = self.total - self.done - self.queued - self.running - self.failed - self.ignored
         lines = [
             f"total {self.total}: done {self.done}, queued {self.queued}, running {self.running}, "
-            f"failed {self.failed}, not queued {waiting}"
+            f"failed {self.failed}, cancelled {self.cancelled}, not queued {self.not_queued}"
         ]
         lines += [f"  failed {key}: {message}" for key, message in self.errors]
         return "\n".join(lines)
@@ -83,27 +88,24 @@ def status(query: Any, latest_errors: int = 5) -> Status:
 
 
 def cancel(app: Celery, table: Any, restriction: Any = None) -> set[str]:
-    """Stops the queued and running keys of ``table & restriction``; nothing of theirs is written.
+    """Withdraws the queued and running keys of ``table & restriction`` and stops the tasks that carry them.
 
-    Running tasks are terminated first, then their jobs withdrawn: a worker stores a key only while it holds
-    its job, so a key that finishes in between is not written either.
+    The keys become ``cancelled`` (``retry`` queues them again). A worker stores a key only while it holds its
+    job, so no cancelled key is written, except one whose insert was already committing. Other keys of the
+    stopped tasks go back to the scheduler. Returns the ids of the stopped tasks.
     """
-    task_ids = {row.removeprefix(jobs.MARKER) for row in _service_versions(table, restriction)}
+    task_ids = jobs.withdraw(table, restriction)
     if task_ids:
         app.control.revoke(sorted(task_ids), terminate=True, signal="SIGKILL")
-    return task_ids | jobs.withdraw(table, restriction)
-
-
-def _service_versions(table: Any, restriction: Any) -> set[str]:
-    _, job_rows = jobs.restricted(table, restriction)
-    selected = job_rows & f"status in ('pending', 'reserved') AND version LIKE '{jobs.MARKER}%%'"
-    return {row["version"] for row in selected.to_dicts()}
+        for task_id in task_ids:
+            jobs.settle_task(table, task_id, None)
+    return task_ids
 
 
 def retry(app: Celery, table: Any, restriction: Any = None, **options: Any) -> scheduler.Enqueued:
-    """Forgets the failures of ``table & restriction`` and queues those keys again."""
+    """Forgets the failures and cancellations of ``table & restriction`` and queues those keys again."""
     _, job_rows = jobs.restricted(table, restriction)
-    (job_rows & "status = 'error'").delete_quick()
+    (job_rows & "status = 'error' OR (status = 'ignore' AND error_message = 'cancelled')").delete_quick()
     return scheduler.enqueue(app, table, restriction, **options)
 
 
@@ -124,48 +126,42 @@ class Submission:
     def task_ids(self) -> list[str]:
         return [batch.task_id for batch in self.enqueued.batches]
 
-    def status(self) -> Status:
+    def status(self, with_errors: bool = True) -> Status:
         counts = jobs.count_states(self.table, self.keys)
-        submitted = {tuple(sorted(key.items())) for key in self.keys}
-        recent = [
-            (key, message)
-            for key, message, _ in errors(self.table, self.restriction)
-            if tuple(sorted(key.items())) in submitted
-        ]
-        return Status(total=len(self.keys), errors=recent, **counts)
+        failed = jobs.failures(self.table, self.keys) if with_errors and counts["failed"] else []
+        return Status(total=len(self.keys), errors=[(key, message) for key, message, _ in failed], **counts)
 
     def wait(self, timeout: float | None = None, poll: float = 1.0) -> Status:
-        """Blocks until every key is done or failed; raises ``TimeoutError`` after ``timeout`` seconds."""
+        """Blocks until no key is queued or running any more; raises ``TimeoutError`` after ``timeout`` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not (current := self.status()).finished:
+        while not self.status(with_errors=False).finished:
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"not finished after {timeout} s: {current}")
+                raise TimeoutError(f"not finished after {timeout} s: {self.status()}")
             time.sleep(poll)
-        return current
+        return self.status()
 
     def progress(self, timeout: float | None = None, poll: float = 1.0) -> Status:
-        """Shows a progress bar that follows the keys until every one is done or failed."""
+        """Shows a progress bar that follows the keys until none is queued or running any more."""
         from tqdm.auto import tqdm
 
         deadline = None if timeout is None else time.monotonic() + timeout
         with tqdm(total=len(self.keys), desc=table_path(self.table).rsplit(".", 1)[-1], unit="MEI") as bar:
             while True:
-                current = self.status()
+                current = self.status(with_errors=False)
                 bar.n = current.done + current.failed
                 bar.set_postfix(running=current.running, queued=current.queued, failed=current.failed)
                 bar.refresh()
                 if current.finished or (deadline is not None and time.monotonic() > deadline):
-                    return current
+                    return self.status()
                 time.sleep(poll)
 
     def errors(self) -> list[tuple[dict, str]]:
-        """``(key, message)`` of this submission's failed keys."""
-        return self.status().errors
+        """``(key, message)`` of this submission's failed keys; tracebacks are in the table's jobs."""
+        return [(key, message) for key, message, _ in jobs.failures(self.table, self.keys)]
 
-    def cancel(self) -> None:
-        """Withdraws the queued keys and stops the running ones; none of them is written."""
-        self.app.control.revoke(self.task_ids, terminate=True, signal="SIGKILL")
-        jobs.withdraw(self.table, self.keys)
+    def cancel(self) -> set[str]:
+        """Withdraws the queued keys and stops the running ones (see ``cancel``)."""
+        return cancel(self.app, self.table, self.keys)
 
     def __repr__(self) -> str:
         return f"Submission({table_path(self.table)}, {len(self.keys)} keys in {len(self.task_ids)} tasks)"

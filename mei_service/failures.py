@@ -6,6 +6,8 @@ the key and not retried.
 
 from __future__ import annotations
 
+import contextlib
+
 import datajoint as dj
 import psycopg2
 import redis
@@ -30,3 +32,15 @@ def is_transient(error: BaseException | None) -> bool:
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return False
+
+
+def reconnect_database() -> None:
+    """Opens a new database connection in place of a lost one, if the database is back; else the next try will.
+
+    A connection lost inside a transaction leaves DataJoint believing the transaction is open; it is closed here
+    so that the next one can start.
+    """
+    connection = dj.conn()
+    with contextlib.suppress(Exception):  # the database is still away: the caller tries again later
+        connection.connect()
+        connection.cancel_transaction()

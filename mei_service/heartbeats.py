@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import platform
-import time
 
 import redis
 
@@ -18,8 +17,14 @@ def worker_name(host: str | None = None, pid: int | None = None) -> str:
     return f"{host or platform.node()}:{pid or os.getpid()}"
 
 
+def _now(client: redis.Redis) -> float:
+    """Redis's clock, the one clock that every host shares."""
+    seconds, microseconds = client.time()
+    return seconds + microseconds / 1e6
+
+
 def beat(client: redis.Redis, name: str | None = None) -> None:
-    client.hset(HEARTBEATS, name or worker_name(), time.time())
+    client.hset(HEARTBEATS, name or worker_name(), _now(client))
 
 
 def forget(client: redis.Redis, name: str | None = None) -> None:
@@ -28,7 +33,7 @@ def forget(client: redis.Redis, name: str | None = None) -> None:
 
 def live_workers(client: redis.Redis, ttl: float) -> set[str]:
     """Workers whose last heartbeat is younger than ``ttl`` seconds; long-dead entries are dropped."""
-    now = time.time()
+    now = _now(client)
     live, forgotten = set(), []
     for name, stamp in client.hgetall(HEARTBEATS).items():
         age = now - float(stamp)

@@ -55,7 +55,8 @@ def _placeholders(width: int, rows: int) -> str:
 
 
 def _key_condition(columns: Sequence[str], keys: Sequence[Mapping[str, Any]]) -> tuple[str, list]:
-    condition = f"({_quoted(columns)}) IN ({_placeholders(len(columns), len(keys))})"
+    # IN (VALUES ...) is planned as a join; a plain IN list of row values nests one OR per key.
+    condition = f"({_quoted(columns)}) IN (VALUES {_placeholders(len(columns), len(keys))})"
     return condition, [key[column] for key in keys for column in columns]
 
 
@@ -92,7 +93,8 @@ def mark_queued(table: Any, batches: Mapping[str, Sequence[Mapping[str, Any]]], 
         matches = " AND ".join(f'j."{c}" = v."{c}"' for c in columns)
         owned += _rows(
             jobs,
-            f"UPDATE {jobs.full_table_name} AS j SET version = v.version, priority = %s "
+            f"UPDATE {jobs.full_table_name} AS j SET version = v.version, priority = %s, "
+            "scheduled_time = CURRENT_TIMESTAMP(3) "
             f"FROM (VALUES {values}) AS v({_quoted(columns)}, version) "
             f"WHERE {matches} AND j.status = 'pending' AND j.version = '' "
             f"RETURNING {_quoted(columns, alias='j')}",
@@ -139,6 +141,24 @@ def holds(table: Any, key: Mapping[str, Any], task_id: str) -> bool:
         args=[*args, marker(task_id)],
     ).fetchall()
     return bool(rows)
+
+
+def unqueue(table: Any, task_ids: Iterable[str]) -> None:
+    """Marks the keys of tasks that never reached the broker as not queued."""
+    jobs = declared_jobs(table)
+    for task_id in task_ids:
+        jobs.connection.query(
+            f"UPDATE {jobs.full_table_name} SET version = '' WHERE status = 'pending' AND version = %s",
+            args=[marker(task_id)],
+        )
+
+
+def fail(table: Any, key: Mapping[str, Any], task_id: str, message: str, stack: str) -> bool:
+    """Records a key's failure, if this task still holds it (it may have been withdrawn or given back)."""
+    if not holds(table, key, task_id):
+        return False
+    declared_jobs(table).error(dict(key), error_message=message, error_stack=stack)
+    return True
 
 
 def release(table: Any, keys: Sequence[Mapping[str, Any]], task_id: str) -> list[dict]:
@@ -209,30 +229,32 @@ def settle_task(table: Any, task_id: str, error: tuple[str, str] | None) -> list
 
 
 def withdraw(table: Any, restriction: Any = None) -> set[str]:
-    """Removes the queued and running service jobs matching ``restriction``; returns their task ids."""
+    """Cancels the queued and running service jobs matching ``restriction``: they become ``ignore`` with the
+    message ``cancelled`` (so that neither the scheduler nor ``populate`` takes them up; ``retry`` does).
+    Returns the ids of the tasks that carried them."""
     jobs = declared_jobs(table)
     selected = jobs & f"status in ('pending', 'reserved') AND version LIKE '{MARKER}%%'"
     if restriction is not None:
         selected = selected.restrict(table().key_source & restriction, semantic_check=False)
     rows = selected.to_dicts()
-    if not rows:
-        return set()
-    condition, args = _key_condition(
-        jobs.primary_key, [json_key({c: row[c] for c in jobs.primary_key}) for row in rows]
-    )
-    jobs.connection.query(
-        f"DELETE FROM {jobs.full_table_name} WHERE {condition} AND status IN ('pending', 'reserved')", args=args
-    )
+    keys = [json_key({column: row[column] for column in jobs.primary_key}) for row in rows]
+    for chunk in _chunks(keys):
+        condition, args = _key_condition(jobs.primary_key, chunk)
+        jobs.connection.query(
+            f"UPDATE {jobs.full_table_name} SET status = 'ignore', error_message = 'cancelled', version = '' "
+            f"WHERE {condition} AND status IN ('pending', 'reserved') AND version LIKE %s",
+            args=[*args, MARKER + "%"],
+        )
     return {row["version"].removeprefix(MARKER) for row in rows}
 
 
-STATES = ("queued", "unqueued", "running", "failed", "ignored")
+STATES = ("queued", "unqueued", "running", "failed", "cancelled")
 _STATE_SQL = {
     "queued": f"status = 'pending' AND version LIKE '{MARKER}%%'",
     "unqueued": f"status = 'pending' AND version NOT LIKE '{MARKER}%%'",
     "running": "status = 'reserved'",
     "failed": "status = 'error'",
-    "ignored": "status = 'ignore'",
+    "cancelled": "status = 'ignore'",
 }
 
 
@@ -251,6 +273,18 @@ def count_states(table: Any, keys: Sequence[Mapping[str, Any]]) -> dict[str, int
         ).fetchall():
             counts[state] += number
     return counts
+
+
+def failures(table: Any, keys: Sequence[Mapping[str, Any]]) -> list[tuple[dict, str, str]]:
+    """``(key, message, traceback)`` of those of ``keys`` that failed."""
+    jobs = declared_jobs(table)
+    found = []
+    for chunk in _chunks([json_key(key) for key in keys]):
+        condition, args = _key_condition(jobs.primary_key, chunk)
+        query = f"SELECT {_quoted(jobs.primary_key)} FROM {jobs.full_table_name} WHERE {condition} AND status = 'error'"
+        for key in _rows(jobs, query, args):
+            found.append((key, *(jobs & key).fetch1("error_message", "error_stack")))
+    return found
 
 
 def restricted(table: Any, restriction: Any = None) -> tuple[Any, Any]:

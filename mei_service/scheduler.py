@@ -23,6 +23,7 @@ from celery import Celery
 
 from mei_service import jobs
 from mei_service.app import TASK_NAME
+from mei_service.failures import is_transient, reconnect_database
 from mei_service.heartbeats import live_workers
 from mei_service.settings import Settings
 from mei_service.tables import json_keys, resolve_table, table_path
@@ -94,16 +95,21 @@ def enqueue(
     start = time.perf_counter()
     batches = group_into_batches(table, missing_keys(table, restriction), batch_size or settings.batch_size)
     owned = jobs.mark_queued(table, batches, priority)
-    with app.producer_or_acquire() as producer:
-        for task_id, keys in owned.items():
-            app.send_task(
-                TASK_NAME,
-                args=[path, keys],
-                task_id=task_id,
-                priority=priority,
-                queue=queue or settings.default_queue,
-                producer=producer,
-            )
+    unsent = set(owned)
+    try:
+        with app.producer_or_acquire() as producer:
+            for task_id, keys in owned.items():
+                app.send_task(
+                    TASK_NAME,
+                    args=[path, keys],
+                    task_id=task_id,
+                    priority=priority,
+                    queue=queue or settings.default_queue,
+                    producer=producer,
+                )
+                unsent.discard(task_id)
+    finally:
+        jobs.unqueue(table, unsent)
     result = Enqueued(table, restriction, [Batch(task_id, keys) for task_id, keys in owned.items()])
     result.seconds = time.perf_counter() - start
     return result
@@ -116,8 +122,9 @@ def recover(app: Celery, table: Any) -> list[dict]:
     """Settles keys that no live task will finish; the next enqueue queues those given back.
 
     Keys reserved by workers that stopped beating (a dead GPU node) are given back. Keys still queued or
-    reserved under a task that has finished are failed with the task's error if it failed (a worker that
-    cannot run them: see the message), else given back.
+    reserved under a task that has finished are failed with the task's error if it failed permanently (a
+    worker that cannot run them: see the message), else given back (it ran out of retries on lost connections,
+    or was revoked).
     """
     settings: Settings = app.conf.mei_settings
     client = redis.Redis.from_url(settings.broker_url)
@@ -129,7 +136,8 @@ def recover(app: Celery, table: Any) -> list[dict]:
         result = app.AsyncResult(task_id)
         if result.state not in FINISHED:
             continue
-        error = (f"task failed: {result.result!r}", result.traceback or "") if result.state == "FAILURE" else None
+        failed = result.state == "FAILURE" and not is_transient(result.result)
+        error = (f"task failed: {result.result!r}", result.traceback or "") if failed else None
         keys = jobs.settle_task(table, task_id, error)
         if keys:
             logger.warning("task %s ended %s leaving %d keys; settled them", task_id, result.state, len(keys))
@@ -157,6 +165,8 @@ def run_daemon(
                     logger.info(
                         "queued %d keys of %s in %d tasks", len(sent.keys), table_path(table), len(sent.batches)
                     )
-            except Exception:
+            except Exception as error:
                 logger.exception("scheduling %s failed; trying again in %s s", table_path(table), interval)
+                if is_transient(error):
+                    reconnect_database()
         stop.wait(interval)

@@ -22,8 +22,14 @@ from mei_service.demo.pipeline import MEI, Objective, TrainedEnsembleModel, Trai
 from mei_service.demo.pipeline import TrainedEnsembleModel as DemoEnsemble
 
 
-def stored_objects() -> set[Path]:
-    return {path for path in Path(STORE_LOCATION).rglob("*") if path.is_file()}
+def stored_objects() -> set[str]:
+    return {path.name for path in Path(STORE_LOCATION).rglob("*") if path.is_file()}
+
+
+def referenced_objects(table) -> set[str]:
+    """The store objects that the rows of ``table`` point to (content-addressed: equal results share one)."""
+    rows = dj.conn().query(f"SELECT mei, output FROM {table.full_table_name}").fetchall()
+    return {Path(reference["path"]).name for row in rows for reference in row}
 
 
 def test_seed_document_blocks_run_verbatim(trained, clean_framework_tables):
@@ -174,11 +180,11 @@ class TestPopulate:
     def test_meis_land_in_the_file_store_and_equal_a_direct_run(self, trained, clean_framework_tables):
         method = MEIMethod().add_method("mei.methods.gradient_ascent", experiment.quick_method())
         MEISeed().insert([{"mei_seed": 1}, {"mei_seed": 2}])
-        before = stored_objects()
         MEI().populate(trained["ensemble"], method)
         rows = (MEI & method).to_dicts()
         assert len(rows) == experiment.DATASET["neurons"] * 2
-        assert len(stored_objects() - before) == 2 * len(rows)
+        assert len(referenced_objects(MEI)) == 2 * len(rows)
+        assert referenced_objects(MEI) <= stored_objects()
         row = (MEI & method & {"neuron_id": 2, "mei_seed": 2}).fetch1()
         loaders, ensemble = TrainedEnsembleModel().load_model(trained["ensemble"])
         mei, score, output = gradient_ascent(loaders, ConstrainedOutputModel(ensemble, 2), experiment.quick_method(), 2)
@@ -195,7 +201,7 @@ class TestPopulate:
             assert result["success_count"] == experiment.DATASET["neurons"]
             assert [key["neuron_id"] for key, _ in result["error_list"]] == [99]
             assert not MEI & broken
-            assert len(stored_objects() - before) == 2 * experiment.DATASET["neurons"]
+            assert stored_objects() - before <= referenced_objects(MEI)
             error = (MEI.jobs & broken).fetch1()
             assert error["status"] == "error" and "IndexError" in error["error_stack"]
             assert "index 999 is out of bounds" in error["error_message"]

@@ -52,11 +52,16 @@ def generate_key(table: Any, key: Mapping[str, Any], task_id: str) -> bool:
     if instance & key:
         (job_table & key).delete_quick()
         return True
+    if not jobs.holds(table, key, task_id):
+        return False
     fetched = instance.make_fetch(dict(key))
     computed = instance.make_compute(dict(key), *fetched)
     with instance.connection.transaction:
         if not jobs.holds(table, key, task_id):
             return False
+        if instance & key:
+            (job_table & key).delete_quick()
+            return True
         if instance.make_fetch(dict(key)) != fetched:
             raise RuntimeError(f"the inputs of {dict(key)} changed while its MEI was generated")
         with _inserts_allowed(instance):
@@ -74,24 +79,24 @@ def run_batch(table: Any, keys: Sequence[Mapping[str, Any]], task_id: str, progr
     """
     claimed = jobs.claim(table, keys, task_id)
     result = BatchResult(skipped=[dict(key) for key in keys if dict(key) not in claimed])
-    job_table = table().jobs
     for index, key in enumerate(claimed):
         progress.start_key(index, key)
         try:
             with observing(progress):
                 stored = generate_key(table, key, task_id)
         except SoftTimeLimitExceeded:
-            message = "SoftTimeLimitExceeded: the batch ran past MEI_SERVICE_TASK_TIME_LIMIT; use smaller batches"
-            job_table.error(key, error_message=message, error_stack=traceback.format_exc())
-            result.failed.append(key)
-            result.released = jobs.release(table, claimed[index + 1 :], task_id)
+            if index == 0:
+                message = "SoftTimeLimitExceeded: one key ran past MEI_SERVICE_TASK_TIME_LIMIT; raise the limit"
+                jobs.fail(table, key, task_id, message, traceback.format_exc())
+                result.failed.append(key)
+            result.released = jobs.release(table, claimed[max(index, 1) :], task_id)
             break
         except Exception as error:
             if is_transient(error):
                 raise
             logger.warning("key %s failed: %s", key, error)
-            job_table.error(key, error_message=f"{type(error).__name__}: {error}", error_stack=traceback.format_exc())
-            result.failed.append(key)
+            if jobs.fail(table, key, task_id, f"{type(error).__name__}: {error}", traceback.format_exc()):
+                result.failed.append(key)
         else:
             (result.done if stored else result.skipped).append(key)
     progress.done = len(claimed)

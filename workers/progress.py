@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Mapping
@@ -10,6 +11,8 @@ from typing import Any
 from celery import Task
 
 from mei.domain import State
+
+logger = logging.getLogger(__name__)
 
 
 class BatchProgress:
@@ -50,6 +53,9 @@ class BatchProgress:
         summary = (
             f"key {self.done + 1} of {self.total}, iteration {iteration}, best evaluation {info['best_evaluation']}"
         )
-        self.task.send_event("task-progress", result=summary, **info)
-        if self.task.request.id:
-            self.task.update_state(state="PROGRESS", meta=info)
+        try:
+            self.task.send_event("task-progress", result=summary, **info)
+            if self.task.request.id:
+                self.task.update_state(state="PROGRESS", meta=info)
+        except Exception as error:  # a monitor that is away must not cost the computation
+            logger.warning("progress not reported: %s", error)

@@ -46,7 +46,7 @@ def worker_command(slot: Slot, queues: str, loglevel: str) -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "mei_service.app", "worker",
         "--pool", "prefork", "--concurrency", "1", "--hostname", name,
-        "--queues", queues, "--loglevel", loglevel, "--task-events",
+        "--queues", queues, "--loglevel", loglevel, "--task-events", "--without-gossip",
     ]  # fmt: skip
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 
-import datajoint as dj
 from celery import Task
 from celery.signals import worker_process_init, worker_process_shutdown
 
 from mei_service.app import TASK_NAME, app
-from mei_service.failures import is_transient
+from mei_service.failures import is_transient, reconnect_database
 from mei_service.settings import Settings
 from mei_service.tables import resolve_table
 from workers.execution import run_batch
@@ -33,12 +31,6 @@ def start_heartbeat(**_: object) -> None:
 def stop_heartbeat(**_: object) -> None:
     if heartbeat is not None:
         heartbeat.stop()
-
-
-def reconnect_database() -> None:
-    """Opens a new database connection in place of a lost one, if the database is back; else the retry will."""
-    with contextlib.suppress(Exception):
-        dj.conn().connect()
 
 
 def retry_countdown(retries: int) -> int:
