@@ -233,19 +233,20 @@ def withdraw(table: Any, restriction: Any = None) -> set[str]:
     message ``cancelled`` (so that neither the scheduler nor ``populate`` takes them up; ``retry`` does).
     Returns the ids of the tasks that carried them."""
     jobs = declared_jobs(table)
-    selected = jobs & f"status in ('pending', 'reserved') AND version LIKE '{MARKER}%%'"
+    selected = jobs.proj()
     if restriction is not None:
         selected = selected.restrict(table().key_source & restriction, semantic_check=False)
-    rows = selected.to_dicts()
-    keys = [json_key({column: row[column] for column in jobs.primary_key}) for row in rows]
-    for chunk in _chunks(keys):
-        condition, args = _key_condition(jobs.primary_key, chunk)
-        jobs.connection.query(
-            f"UPDATE {jobs.full_table_name} SET status = 'ignore', error_message = 'cancelled', version = '' "
-            f"WHERE {condition} AND status IN ('pending', 'reserved') AND version LIKE %s",
-            args=[*args, MARKER + "%"],
-        )
-    return {row["version"].removeprefix(MARKER) for row in rows}
+    columns = jobs.primary_key
+    matches = " AND ".join(f'j."{column}" = old."{column}"' for column in columns)
+    rows = jobs.connection.query(
+        f"WITH old AS (SELECT {_quoted(columns)}, version FROM {jobs.full_table_name} "
+        f"WHERE status IN ('pending', 'reserved') AND version LIKE %s "
+        f"AND ({_quoted(columns)}) IN ({selected.make_sql()}) FOR UPDATE) "
+        f"UPDATE {jobs.full_table_name} AS j SET status = 'ignore', error_message = 'cancelled', version = '' "
+        f"FROM old WHERE {matches} RETURNING old.version",
+        args=[MARKER + "%"],
+    ).fetchall()
+    return {version.removeprefix(MARKER) for (version,) in rows}
 
 
 STATES = ("queued", "unqueued", "running", "failed", "cancelled")

@@ -170,7 +170,8 @@ def test_cancel_withdraws_queued_keys_and_stops_running_ones(trained, workers, c
     done_at_cancel = len(MEI & trained["ensemble"])
     time.sleep(5)
     assert len(MEI & trained["ensemble"]) == done_at_cancel < len(submission.keys)
-    assert submission.status().queued == submission.status().running == 0
+    after = submission.status()
+    assert after.queued == after.running == 0 and after.cancelled == len(submission.keys) - done_at_cancel
     MEIMethod().delete()
     add_method()
     assert enqueue(MEI & trained["ensemble"]).wait(timeout=120).done == 3 * neurons()
