@@ -41,3 +41,11 @@ def fill() -> dict:
     ensemble = existing[0] if existing else TrainedEnsembleModel().create_ensemble(members, comment="test ensemble")
     Objective().populate(dataset)
     return {"dataset": dataset, "members": members, "ensemble": ensemble}
+
+
+def reset_seed_tables(trained: dict) -> None:
+    """Empties the seed document's tables (tests/seed_pipeline.py) of this experiment's ensemble and neurons."""
+    from seed_pipeline import Objective, TrainedEnsembleModel
+
+    (TrainedEnsembleModel & trained["dataset"]).delete()
+    (Objective & trained["dataset"]).delete()

@@ -33,42 +33,11 @@ def referenced_objects(table) -> set[str]:
 
 
 def test_seed_document_blocks_run_verbatim(trained, clean_framework_tables):
-    schema = dj.Schema(f"{SCHEMA_PREFIX}_seed")
-    # --- from the seed document, unchanged but for the device and the lab's own tables ---
-    from mei.main import TrainedEnsembleModelTemplate
+    # The seed's table blocks are in tests/seed_pipeline.py, verbatim; its workflow blocks follow, verbatim but
+    # for the device and the lab's own key.
+    from seed_pipeline import MEI, Objective, TrainedEnsembleModel
 
-    @schema
-    class TrainedEnsembleModel(TrainedEnsembleModelTemplate):
-        dataset_table = Dataset
-        trained_model_table = TrainedModel
-
-    from mei.modules import ConstrainedOutputModel
-
-    @schema
-    class Objective(dj.Computed):
-        definition = """
-        -> self.dataset_table
-        neuron_id: int
-        ---
-        output_unit: int
-        """
-
-        dataset_table = Dataset
-
-        def make(self, key):
-            """Fills the table."""
-
-        def get_objective(self, model, key):
-            output_unit = (self & key).fetch1("output_unit")
-            return ConstrainedOutputModel(model, output_unit)
-
-    from mei.main import MEITemplate
-
-    @schema
-    class MEI(MEITemplate):
-        trained_model_table = TrainedEnsembleModel
-        objective_table = Objective
-
+    experiment.reset_seed_tables(trained)
     key = trained["members"]
     TrainedEnsembleModel().create_ensemble(key, comment="My ensemble")
     Objective().populate()

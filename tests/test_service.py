@@ -42,6 +42,7 @@ def neurons():
 
 
 def test_the_seed_tables_populated_through_the_service(trained, workers, clean_framework_tables):
+    experiment.reset_seed_tables(trained)
     seed_pipeline.TrainedEnsembleModel().create_ensemble(trained["members"], comment="My ensemble")
     seed_pipeline.Objective().insert(
         [dict(trained["dataset"], neuron_id=n, output_unit=n) for n in range(neurons())], allow_direct_insert=True
