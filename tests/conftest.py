@@ -1,6 +1,7 @@
 import copy
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 
@@ -81,11 +82,13 @@ def database():
     import datajoint as dj
 
     dj.config["safemode"] = False
-    yield dj.conn()
-    drop_test_schemas()
+    return dj.conn()
 
 
 def pytest_sessionfinish(session, exitstatus):
+    # Test modules may create schemas on import (tests/seed_pipeline.py), so the cleanup is unconditional.
+    if "datajoint" in sys.modules:
+        drop_test_schemas()
     shutil.rmtree(STORE_LOCATION, ignore_errors=True)
 
 
