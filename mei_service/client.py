@@ -81,7 +81,7 @@ def status(query: Any, latest_errors: int = 5) -> Status:
     """Counts of done, queued, running and failed keys of a table or a restriction of it."""
     table, restriction = split_query(query)
     source, job_rows = jobs.restricted(table, restriction)
-    counts = {state: len(job_rows & sql) for state, sql in jobs._STATE_SQL.items()}
+    counts = {state: len(job_rows & sql) for state, sql in jobs.STATE_CONDITIONS.items()}
     done = len(table() & source.proj())
     recent = [(key, message) for key, message, _ in errors(table, restriction, limit=latest_errors)]
     return Status(total=len(source), done=done, errors=recent, **counts)

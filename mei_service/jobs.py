@@ -101,11 +101,11 @@ def mark_queued(table: Any, batches: Mapping[str, Sequence[Mapping[str, Any]]], 
             [priority, *args],
         )
     owned_keys = {tuple(key[c] for c in columns) for key in owned}
-    return {
-        task_id: kept
-        for task_id, keys in batches.items()
-        if (kept := [json_key(key) for key in keys if tuple(json_key(key)[c] for c in columns) in owned_keys])
-    }
+    kept: dict[str, list[dict]] = {}
+    for task_id, key in rows:
+        if tuple(key[c] for c in columns) in owned_keys:
+            kept.setdefault(task_id, []).append(key)
+    return kept
 
 
 def claim(table: Any, keys: Sequence[Mapping[str, Any]], task_id: str) -> list[dict]:
@@ -249,8 +249,8 @@ def withdraw(table: Any, restriction: Any = None) -> set[str]:
     return {version.removeprefix(MARKER) for (version,) in rows}
 
 
-STATES = ("queued", "unqueued", "running", "failed", "cancelled")
-_STATE_SQL = {
+# Where a key stands, as a condition on its job row.
+STATE_CONDITIONS = {
     "queued": f"status = 'pending' AND version LIKE '{MARKER}%%'",
     "unqueued": f"status = 'pending' AND version NOT LIKE '{MARKER}%%'",
     "running": "status = 'reserved'",
@@ -262,8 +262,8 @@ _STATE_SQL = {
 def count_states(table: Any, keys: Sequence[Mapping[str, Any]]) -> dict[str, int]:
     """How many of ``keys`` are done (have a row), queued, running, failed, ..."""
     jobs = declared_jobs(table)
-    counts = dict.fromkeys(("done", *STATES), 0)
-    states = " ".join(f"WHEN {sql} THEN '{state}'" for state, sql in _STATE_SQL.items())
+    counts = dict.fromkeys(("done", *STATE_CONDITIONS), 0)
+    states = " ".join(f"WHEN {sql} THEN '{state}'" for state, sql in STATE_CONDITIONS.items())
     for chunk in _chunks([json_key(key) for key in keys]):
         condition, args = _key_condition(jobs.primary_key, chunk)
         counts["done"] += table.connection.query(
