@@ -2,7 +2,9 @@
 
 It does what REFERENCE.md lists as the reference's costs: the model is evaluated twice per step, model
 parameters keep ``requires_grad`` and accumulate gradients, and every step copies five tensors to the host
-and reads two numbers from the device. Its results equal ``mei.methods.gradient_ascent``'s.
+and reads two numbers from the device. Its results equal ``mei.methods.gradient_ascent``'s. The reference's
+``ConstrainedOutputModel`` computes every output of the model and then picks the unit: ``reference_objective``
+does the same.
 """
 
 from __future__ import annotations
@@ -15,7 +17,24 @@ from torch import Tensor, nn
 
 from mei.domain import State
 from mei.import_utils import build_component
+from mei.modules import ConstrainedOutputModel
 from mei.tracking import Tracker
+
+
+class FullReadout(nn.Module):
+    """The model with its selected-outputs path hidden: every output is computed, then indexed."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        return self.model(x, *args, **kwargs)
+
+
+def reference_objective(model: nn.Module, unit: int) -> nn.Module:
+    """Unit ``unit`` of ``model``, computed as the reference computed it: all outputs, then one column."""
+    return ConstrainedOutputModel(FullReadout(model), unit)
 
 
 def _identity(x: Tensor, iteration: int) -> Tensor:

@@ -2,8 +2,9 @@
 
 Core: a 9x9 convolution (no padding) and three depth-separable 7x7 layers, each followed by batch norm and
 ELU. Readout: per neuron a position where the core output is sampled bilinearly, a linear map of the
-channels plus a bias, then ELU + 1. The full model has 64 channels and 8,000 neurons (about 600 k
-parameters, 61 M multiply-adds per image); the tiny variant serves fast tests.
+channels plus a bias, then ELU + 1. ``forward_selected`` evaluates the readout at the requested neurons only
+(the selected-outputs contract of ``mei.modules.selected_outputs``). The full model has 64 channels and 8,000
+neurons (about 600 k parameters, 61 M multiply-adds per image); the tiny variant serves fast tests.
 """
 
 from __future__ import annotations
@@ -58,6 +59,13 @@ class PointReadout(nn.Module):
         sampled = F.grid_sample(features, grid, align_corners=True).squeeze(2)  # (batch, channels, neurons)
         return F.elu(torch.einsum("bcn,nc->bn", sampled, self.weights) + self.bias) + 1
 
+    def forward_selected(self, features: Tensor, units: Tensor) -> Tensor:
+        """Only the neurons ``units[i]`` (shape ``(batch, k)``) for image ``i``."""
+        grid = self.positions[units].unsqueeze(1)  # (batch, 1, k, 2)
+        sampled = F.grid_sample(features, grid, align_corners=True).squeeze(2)  # (batch, channels, k)
+        linear = torch.einsum("bck,bkc->bk", sampled, self.weights[units]) + self.bias[units]
+        return F.elu(linear) + 1
+
 
 class SensoriumModel(nn.Module):
     def __init__(self, size: ModelSize = FULL) -> None:
@@ -68,6 +76,10 @@ class SensoriumModel(nn.Module):
 
     def forward(self, x: Tensor, data_key: str | None = None, **kwargs: object) -> Tensor:
         return self.readout(self.core(x))
+
+    def forward_selected(self, x: Tensor, units: Tensor, data_key: str | None = None, **kwargs: object) -> Tensor:
+        """``forward(x)[i, units[i]]``, computing the readout of the selected neurons only."""
+        return self.readout.forward_selected(self.core(x), units)
 
 
 def build_model(size: ModelSize = FULL, seed: int = 0) -> SensoriumModel:

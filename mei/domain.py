@@ -8,10 +8,41 @@ import torch
 from torch import Tensor
 
 
-def _to_float(value: float | Tensor) -> float:
+class BatchValues:
+    """Per-image values of a whole batch, left on the device until one run of the batch reads its rows.
+
+    The first read copies the whole batch to the host at once: one device sync per step, however many runs
+    (keys) share the batch.
+    """
+
+    def __init__(self, values: Tensor) -> None:
+        self._device_values: Tensor | None = values.detach()
+        self._host_values: list[float] = []
+
+    def rows(self, rows: slice) -> list[float]:
+        if self._device_values is not None:
+            self._host_values = self._device_values.float().reshape(-1).tolist()
+            self._device_values = None
+        return self._host_values[rows]
+
+
+class Rows:
+    """The rows of one run in a ``BatchValues``."""
+
+    def __init__(self, batch: BatchValues, rows: slice = slice(None)) -> None:
+        self.batch = batch
+        self.rows = rows
+
+    def values(self) -> list[float]:
+        return self.batch.rows(self.rows)
+
+
+def _host_values(value: float | Tensor | Rows) -> list[float]:
+    if isinstance(value, Rows):
+        return value.values()
     if isinstance(value, Tensor):
-        return value.float().mean().item()
-    return float(value)
+        return value.detach().float().reshape(-1).tolist()
+    return [float(value)]
 
 
 class State:
@@ -28,8 +59,8 @@ class State:
     def __init__(
         self,
         i_iter: int,
-        evaluation: float | Tensor,
-        reg_term: float | Tensor,
+        evaluation: float | Tensor | Rows,
+        reg_term: float | Tensor | Rows,
         input_: Tensor,
         transformed_input: Tensor,
         post_processed_input: Tensor,
@@ -49,22 +80,19 @@ class State:
 
     @property
     def evaluation(self) -> float:
-        if isinstance(self._evaluation, Tensor):
-            self._evaluations = self._evaluation.detach().reshape(-1).tolist()
-            self._evaluation = sum(self._evaluations) / len(self._evaluations)
-        return self._evaluation
+        return _mean(self.evaluations)
 
     @property
     def evaluations(self) -> list[float]:
         """The evaluation of each image (one number when the objective scores the images jointly)."""
-        if isinstance(self._evaluation, Tensor):
-            self.evaluation  # noqa: B018 - converts and caches both views
-        return getattr(self, "_evaluations", [self._evaluation])
+        if not isinstance(self._evaluation, list):
+            self._evaluation = _host_values(self._evaluation)
+        return self._evaluation
 
     @property
     def reg_term(self) -> float:
-        if isinstance(self._reg_term, Tensor):
-            self._reg_term = _to_float(self._reg_term)
+        if not isinstance(self._reg_term, float):
+            self._reg_term = _mean(_host_values(self._reg_term))
         return self._reg_term
 
     def __repr__(self) -> str:
@@ -83,3 +111,7 @@ class State:
         )
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)

@@ -7,13 +7,14 @@ objective table with ``get_objective(model, key)`` (see the seed document).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import datajoint as dj
 from torch import Tensor, nn
 
 from . import codecs  # noqa: F401 - registers <torch>
+from .batching import generate_many
 from .config import validate_method
 from .database import ActivatesSchema, LazySchema, PartsPerSubclass, store_name
 from .hashing import hash_list_of_dictionaries, make_hash
@@ -163,6 +164,61 @@ class MEITemplate(dj.Computed):
         dataloaders, model = self.load_model(key)
         row = self.method_table().generate_mei(dataloaders, self.objective_model(model, key), key, seed)
         return row["mei"], row["score"], row["output"]
+
+    def make_compute_many(
+        self,
+        keys: Sequence[dict],
+        fetched: Sequence[tuple],
+        *,
+        interrupts: tuple[type[BaseException], ...] = (),
+    ) -> Iterator[tuple[int, tuple[Tensor, float, Any] | Exception]]:
+        """``make_compute`` for many keys, batched per trained model and method where that is exact.
+
+        Yields ``(i, (mei, score, output))`` for ``keys[i]`` as it finishes, or ``(i, error)`` for a key that
+        failed (the others go on). ``fetched[i]`` is what ``make_fetch(keys[i])`` returned. Exceptions of the
+        types in ``interrupts`` propagate.
+        """
+        groups: dict[tuple, list[int]] = {}
+        model_key, method_key = self.trained_model_table().primary_key, self.method_table().primary_key
+        for index, key in enumerate(keys):
+            group = tuple(key[name] for name in (*model_key, *method_key))
+            groups.setdefault(group, []).append(index)
+        for indices in groups.values():
+            yield from self._compute_group(keys, fetched, indices, interrupts)
+
+    def _compute_group(
+        self,
+        keys: Sequence[dict],
+        fetched: Sequence[tuple],
+        indices: list[int],
+        interrupts: tuple[type[BaseException], ...],
+    ) -> Iterator[tuple[int, tuple[Tensor, float, Any] | Exception]]:
+        objectives, ready = [], []
+        try:
+            dataloaders, model = self.load_model(keys[indices[0]])
+            method_fn, method_config = (self.method_table & keys[indices[0]]).fetch1("method_fn", "method_config")
+        except interrupts:
+            raise
+        except Exception as error:
+            yield from ((index, error) for index in indices)
+            return
+        for index in indices:
+            try:
+                objectives.append(self.objective_model(model, keys[index]))
+            except interrupts:
+                raise
+            except Exception as error:
+                yield index, error
+            else:
+                ready.append(index)
+        seeds = [fetched[index][0] for index in ready]
+        outcomes = generate_many(dataloaders, objectives, method_fn, method_config, seeds, interrupts=interrupts)
+        for position, outcome in outcomes:
+            if isinstance(outcome, Exception):
+                yield ready[position], outcome
+            else:
+                mei, score, output = outcome
+                yield ready[position], (mei, float(score), output)
 
     def make_insert(self, key: dict, mei: Tensor, score: float, output: Any) -> None:
         self.insert1(dict(key, mei=mei, score=score, output=output))

@@ -9,9 +9,10 @@ import torch
 from torch import Tensor, nn
 
 from .config import OPERATION_COMPONENTS, MethodConfig
+from .domain import State
 from .errors import ConfigurationError
 from .import_utils import build_component
-from .optimization import generation_mode, optimize
+from .optimization import Evaluate, Run, generation_mode, optimize
 from .tracking import Tracker
 
 BATCH_FIELDS = ("inputs", "images")
@@ -67,6 +68,14 @@ def gradient_ascent(
     """
     method = MethodConfig.parse(config)
     batch_shape = input_shape(dataloaders, shape)
+    guess, run = start_run(method, seed, batch_shape)
+    forward_kwargs = method.model_forward_kwargs
+    (final,) = ascend(lambda images, rows: model(images, **forward_kwargs), model, method, [guess], [run])
+    return final.post_processed_input.cpu(), final.evaluation, run.tracker.log
+
+
+def start_run(method: MethodConfig, seed: int, batch_shape: Sequence[int]) -> tuple[Tensor, Run]:
+    """The initial guess of one generation, drawn on the CPU from ``seed``, and its own stopper and tracker."""
     torch.manual_seed(seed)
     initial = build_component("initial", method.components["initial"])
     guess = initial(method.n_meis, *batch_shape[1:])
@@ -76,24 +85,21 @@ def gradient_ascent(
             f"the initial component {initial!r} must return a tensor of shape {expected}, "
             f"got {getattr(guess, 'shape', type(guess).__name__)}"
         )
-    x = guess.to(method.device).requires_grad_()
-    optimizer = build_component("optimizer", method.components["optimizer"], params=[x])
     stopper = build_component("stopper", method.components["stopper"])
     tracker = Tracker({spec["path"]: build_component("objectives", spec) for spec in method.objectives})
+    return guess, Run(method.n_meis, stopper, tracker)
+
+
+def ascend(
+    evaluate: Evaluate, model: nn.Module, method: MethodConfig, guesses: Sequence[Tensor], runs: Sequence[Run]
+) -> list[State]:
+    """Optimizes the runs' images together, one optimizer over all of them; returns each run's last state."""
+    x = torch.cat(list(guesses)).to(method.device).requires_grad_()
+    optimizer = build_component("optimizer", method.components["optimizer"], params=[x])
     operations = {
         role: build_component(role, method.components[role])
         for role in OPERATION_COMPONENTS
         if role in method.components
     }
     with generation_mode(model, method.device):
-        final = optimize(
-            model,
-            x,
-            optimizer,
-            stopper,
-            tracker,
-            inhibitory=method.inhibitory,
-            forward_kwargs=method.model_forward_kwargs,
-            **operations,
-        )
-    return final.post_processed_input.cpu(), final.evaluation, tracker.log
+        return optimize(evaluate, x, optimizer, runs, inhibitory=method.inhibitory, **operations)

@@ -9,6 +9,20 @@ import torch
 from torch import Tensor, nn
 
 
+def selected_outputs(model: nn.Module, x: Tensor, units: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+    """The outputs ``units[i]`` of image ``i``: ``model(x)[i, units[i]]`` for ``units`` of shape ``(batch, k)``.
+
+    The selected-outputs contract: a model that defines ``forward_selected(x, units, *args, **kwargs)``
+    returning exactly this computes only the outputs asked for (a readout evaluated at a few neurons instead of
+    all of them); any other model computes all of its outputs, which are then indexed.
+    """
+    forward_selected = getattr(model, "forward_selected", None)
+    if forward_selected is not None:
+        return forward_selected(x, units, *args, **kwargs)
+    output = model(x, *args, **kwargs)
+    return output[torch.arange(output.shape[0], device=output.device)[:, None], units]
+
+
 class EnsembleModel(nn.Module):
     """Averages the outputs of its members, all given the same input."""
 
@@ -20,6 +34,11 @@ class EnsembleModel(nn.Module):
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         outputs = [member(x, *args, **kwargs) for member in self.members]
+        return torch.stack(outputs).mean(dim=0)
+
+    def forward_selected(self, x: Tensor, units: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        """The selected outputs of each member (see ``selected_outputs``), averaged."""
+        outputs = [selected_outputs(member, x, units, *args, **kwargs) for member in self.members]
         return torch.stack(outputs).mean(dim=0)
 
     def __repr__(self) -> str:
@@ -47,10 +66,13 @@ class ConstrainedOutputModel(nn.Module):
         self.target_fn = target_fn
         self.forward_kwargs = dict(forward_kwargs or {})
 
+    @property
+    def units(self) -> list[int]:
+        return [self.constraint] if isinstance(self.constraint, int) else list(self.constraint)
+
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        output = self.model(x, *args, **{**self.forward_kwargs, **kwargs})
-        index = [self.constraint] if isinstance(self.constraint, int) else list(self.constraint)
-        selected = output[:, index]
+        units = torch.tensor(self.units, device=x.device).expand(x.shape[0], -1)
+        selected = selected_outputs(self.model, x, units, *args, **{**self.forward_kwargs, **kwargs})
         return selected if self.target_fn is None else self.target_fn(selected)
 
     def __repr__(self) -> str:

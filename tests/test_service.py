@@ -68,6 +68,32 @@ def test_the_seed_tables_populated_through_the_service(trained, workers, clean_f
     )
 
 
+def test_a_task_generates_its_keys_in_one_batch_each_equal_to_its_one_at_a_time_result(
+    trained, workers, clean_framework_tables
+):
+    add_method(iterations=30, optimizer={"path": "torch.optim.Adam", "kwargs": {"lr": 0.1}})
+    MEISeed().insert([{"mei_seed": seed} for seed in (1, 2)])
+    log_before = len(workers.output())
+    submission = enqueue(MEI & trained["ensemble"], batch_size=2 * neurons())
+    assert len(submission.task_ids) == 1
+    final = submission.wait(timeout=120)
+    assert (final.done, final.failed) == (2 * neurons(), 0)
+    assert f"generating {2 * neurons()} MEIs in batches of up to 32" in workers.output()[log_before:]
+    rows = (MEI & trained["ensemble"]).to_dicts()
+    assert len({(row["neuron_id"], row["mei_seed"]) for row in rows}) == 2 * neurons()
+    for row in rows:
+        key = {name: row[name] for name in MEI.primary_key}
+        mei, score, output = MEI().make_compute(key, row["mei_seed"])
+        assert torch.allclose(row["mei"], mei, atol=1e-5, rtol=0)
+        assert row["score"] == pytest.approx(score, abs=1e-5)
+        log, expected = (
+            row["output"]["mei.objectives.EvaluationObjective"],
+            output["mei.objectives.EvaluationObjective"],
+        )
+        assert log["times"] == expected["times"]
+        assert log["values"] == pytest.approx(expected["values"], abs=1e-5)
+
+
 def test_enqueueing_the_same_keys_twice_at_once_sends_each_key_once(trained, workers, clean_framework_tables):
     add_method()
     MEISeed().insert([{"mei_seed": seed} for seed in range(5)])

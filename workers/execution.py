@@ -45,59 +45,85 @@ def _inserts_allowed(table: Any) -> Iterator[None]:
         table.__class__._allow_insert = False
 
 
-def generate_key(table: Any, key: Mapping[str, Any], task_id: str) -> bool:
-    """Computes and stores one key's MEI; False when its job was withdrawn before it could be stored."""
+def store(table: Any, key: Mapping[str, Any], task_id: str, fetched: tuple, computed: tuple) -> bool:
+    """Inserts one key's computed MEI and removes its job, in one transaction; False when the job was withdrawn."""
     instance = table()
-    job_table = instance.jobs
-    if instance & key:
-        (job_table & key).delete_quick()
-        return True
-    if not jobs.holds(table, key, task_id):
-        return False
-    fetched = instance.make_fetch(dict(key))
-    computed = instance.make_compute(dict(key), *fetched)
     with instance.connection.transaction:
         if not jobs.holds(table, key, task_id):
             return False
-        if instance & key:
-            (job_table & key).delete_quick()
-            return True
-        if instance.make_fetch(dict(key)) != fetched:
-            raise RuntimeError(f"the inputs of {dict(key)} changed while its MEI was generated")
-        with _inserts_allowed(instance):
-            instance.make_insert(dict(key), *computed)
-        (job_table & key).delete_quick()
+        if not instance & key:
+            if instance.make_fetch(dict(key)) != fetched:
+                raise RuntimeError(f"the inputs of {dict(key)} changed while its MEI was generated")
+            with _inserts_allowed(instance):
+                instance.make_insert(dict(key), *computed)
+        (instance.jobs & key).delete_quick()
     return True
 
 
+def computations(table: Any, keys: list[dict], fetched: list[tuple]) -> Iterator[tuple[int, tuple | Exception]]:
+    """The table's ``make_compute_many`` (batched generation); key by key for tables that lack it."""
+    instance = table()
+    if hasattr(instance, "make_compute_many"):
+        yield from instance.make_compute_many(keys, fetched, interrupts=(SoftTimeLimitExceeded,))
+        return
+    for index, key in enumerate(keys):
+        try:
+            yield index, instance.make_compute(dict(key), *fetched[index])
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as error:
+            yield index, error
+
+
 def run_batch(table: Any, keys: Sequence[Mapping[str, Any]], task_id: str, progress: BatchProgress) -> BatchResult:
-    """Claims the batch's keys and generates them one by one.
+    """Claims the batch's keys and generates them, many in one gradient ascent where the method allows.
 
     A permanent error fails its key (message and traceback in the jobs table) and the batch goes on. A lost
     connection propagates so that the task is retried; the keys stay reserved under this task's id, which the
-    retry reclaims. A soft time limit fails the current key and gives the rest back.
+    retry reclaims. A soft time limit gives the unfinished keys back, and fails the first of them when none
+    had finished: a key that alone outlasts the limit would otherwise come back for ever.
     """
     claimed = jobs.claim(table, keys, task_id)
     result = BatchResult(skipped=[dict(key) for key in keys if dict(key) not in claimed])
-    for index, key in enumerate(claimed):
-        progress.start_key(index, key)
-        try:
-            with observing(progress):
-                stored = generate_key(table, key, task_id)
-        except SoftTimeLimitExceeded:
-            if index == 0:
-                message = "SoftTimeLimitExceeded: one key ran past MEI_SERVICE_TASK_TIME_LIMIT; raise the limit"
-                jobs.fail(table, key, task_id, message, traceback.format_exc())
-                result.failed.append(key)
-            result.released = jobs.release(table, claimed[max(index, 1) :], task_id)
-            break
-        except Exception as error:
-            if is_transient(error):
-                raise
-            logger.warning("key %s failed: %s", key, error)
-            if jobs.fail(table, key, task_id, f"{type(error).__name__}: {error}", traceback.format_exc()):
-                result.failed.append(key)
+    instance = table()
+    pending = []
+    for key in claimed:
+        if instance & key:
+            (instance.jobs & key).delete_quick()
+            result.done.append(key)
+        elif jobs.holds(table, key, task_id):
+            pending.append(key)
         else:
-            (result.done if stored else result.skipped).append(key)
-    progress.done = len(claimed)
+            result.skipped.append(key)
+    fetched = [instance.make_fetch(dict(key)) for key in pending]
+    unfinished = list(range(len(pending)))
+    progress.start(len(result.done))
+    try:
+        with observing(progress):
+            for index, outcome in computations(table, pending, fetched):
+                key = pending[index]
+                unfinished.remove(index)
+                progress.finish_key(key)
+                if isinstance(outcome, Exception):
+                    _record_failure(table, key, task_id, outcome, result)
+                elif store(table, key, task_id, fetched[index], outcome):
+                    result.done.append(key)
+                else:
+                    result.skipped.append(key)
+    except SoftTimeLimitExceeded:
+        keys_left = [pending[index] for index in unfinished]
+        if len(keys_left) == len(pending):
+            message = "SoftTimeLimitExceeded: the batch ran past MEI_SERVICE_TASK_TIME_LIMIT; raise the limit"
+            jobs.fail(table, keys_left[0], task_id, message, traceback.format_exc())
+            result.failed.append(keys_left.pop(0))
+        result.released = jobs.release(table, keys_left, task_id)
     return result
+
+
+def _record_failure(table: Any, key: dict, task_id: str, error: Exception, result: BatchResult) -> None:
+    if is_transient(error):
+        raise error
+    logger.warning("key %s failed: %s", key, error)
+    trace = "".join(traceback.format_exception(error))
+    if jobs.fail(table, key, task_id, f"{type(error).__name__}: {error}", trace):
+        result.failed.append(key)

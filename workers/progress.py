@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 
 
 class BatchProgress:
-    """Sends ``task-progress`` events: which key of the batch, its iteration and best evaluation so far.
+    """Sends ``task-progress`` events: how many keys of the task are finished, the running step and the best
+    evaluation seen in it. Keys generated together in one batch share their steps.
 
     Reading an evaluation copies it from the device, so a step is read at most every ``interval`` seconds.
     """
@@ -30,9 +31,12 @@ class BatchProgress:
         self.best = -math.inf
         self.last_sent = 0.0
 
-    def start_key(self, index: int, key: Mapping[str, Any]) -> None:
-        self.done, self.key, self.best = index, key, -math.inf
+    def start(self, done: int) -> None:
+        self.done = done
         self.send(iteration=0, evaluation=None)
+
+    def finish_key(self, key: Mapping[str, Any]) -> None:
+        self.done, self.key, self.best = self.done + 1, key, -math.inf
 
     def __call__(self, state: State) -> None:
         if time.monotonic() - self.last_sent >= self.interval:
@@ -42,16 +46,16 @@ class BatchProgress:
     def send(self, iteration: int, evaluation: float | None) -> None:
         self.last_sent = time.monotonic()
         info = {
-            "key_index": self.done,
+            "keys_done": self.done,
             "keys": self.total,
-            "key": dict(self.key),
+            "last_key_done": dict(self.key),
             "iteration": iteration,
             "evaluation": evaluation,
             "best_evaluation": None if math.isinf(self.best) else self.best,
         }
         # Flower's task page shows a fixed set of fields: while the task runs, `result` carries the progress.
         summary = (
-            f"key {self.done + 1} of {self.total}, iteration {iteration}, best evaluation {info['best_evaluation']}"
+            f"{self.done} of {self.total} keys done, iteration {iteration}, best evaluation {info['best_evaluation']}"
         )
         try:
             self.task.send_event("task-progress", result=summary, **info)

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 
 logger = logging.getLogger("workers")
 RESTART_DELAY = 5.0
+# glibc returns large freed blocks to the system and fetches them again at the next step; a CPU worker generating
+# batches of MEIs keeps them instead (bench/batch_throughput.py measures the difference).
+CPU_ALLOCATOR_SETTINGS = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
 
 
 @dataclass
@@ -53,6 +56,8 @@ def worker_command(slot: Slot, queues: str, loglevel: str) -> list[str]:
 def start(slot: Slot, queues: str, loglevel: str, threads: int) -> None:
     # Without a limit every process would use every core: on a shared CPU they would slow each other down.
     env = {"OMP_NUM_THREADS": str(threads), **os.environ, "CUDA_VISIBLE_DEVICES": slot.visible_devices}
+    if not slot.visible_devices:
+        env = {**CPU_ALLOCATOR_SETTINGS, **env}
     # SIGTERM starts Celery's soft shutdown: the running task has worker_soft_shutdown_timeout seconds to finish,
     # then its message goes back to the queue (a plain warm shutdown would wait for the whole batch).
     env["REMAP_SIGTERM"] = "SIGQUIT"

@@ -1,0 +1,243 @@
+"""Batched generation: the MEIs of many keys of one model and one method in one gradient ascent.
+
+Every key keeps what it has when generated alone: its own objective unit, its own initial guess (drawn from
+its own seed exactly as the one-at-a-time run draws it), its own stopper (a key that stops leaves the batch
+while the others go on), its own tracker log and result. One forward and one backward pass per step serve
+the whole batch.
+
+Batching is exact only when no image can affect another. That holds for the built-in gradient ascent with
+components that declare ``batch_safe``, optimizers that update each element on its own, and objectives that
+select one unit of a shared model (``ConstrainedOutputModel``). Anything else runs key by key: correct first,
+fast where it can be.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import OPERATION_COMPONENTS, MethodConfig
+from .errors import ConfigurationError
+from .import_utils import build_component, import_object
+from .methods import ascend, input_shape, start_run
+from .modules import ConstrainedOutputModel, selected_outputs
+from .optimization import generation_mode
+
+logger = logging.getLogger(__name__)
+
+GRADIENT_ASCENT = "mei.methods.gradient_ascent"
+# Optimizers whose update of an element depends on that element's gradient and state alone.
+PER_ELEMENT_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
+CPU_BATCH_SIZE = 32
+MAX_BATCH_SIZE = 1024
+# The share of the free GPU memory that a batch may fill; the rest absorbs the estimate's error.
+GPU_MEMORY_SHARE = 0.7
+
+Result = tuple[Tensor, float, dict]
+Outcome = Result | Exception
+
+
+@dataclass(frozen=True)
+class Target:
+    """What an objective asks of its model: one output unit, with the model's keyword arguments."""
+
+    model: nn.Module
+    unit: int
+    forward_kwargs: Mapping[str, Any]
+
+
+def target_of(objective: nn.Module) -> Target | None:
+    """The target of an objective that selects one unit of a model, else ``None`` (it cannot join a batch)."""
+    if type(objective) is not ConstrainedOutputModel or objective.target_fn is not None or len(objective.units) != 1:
+        return None
+    return Target(objective.model, objective.units[0], objective.forward_kwargs)
+
+
+class SelectedUnits:
+    """The evaluation of a batch: image ``i`` scored on its own unit ``units[i]`` of one shared model."""
+
+    def __init__(self, model: nn.Module, units: Tensor, forward_kwargs: Mapping[str, Any]) -> None:
+        self.model = model
+        self.units = units
+        self.forward_kwargs = dict(forward_kwargs)
+
+    def __call__(self, images: Tensor, rows: Tensor | None) -> Tensor:
+        units = self.units if rows is None else self.units[rows]
+        return selected_outputs(self.model, images, units[:, None], **self.forward_kwargs)
+
+
+def why_not_batched(method_fn: str, config: Mapping[str, Any], objectives: Sequence[nn.Module]) -> str | None:
+    """Why these generations cannot share a batch exactly, or ``None`` when they can."""
+    if method_fn != GRADIENT_ASCENT:
+        return f"the method function {method_fn} is not the built-in {GRADIENT_ASCENT}"
+    try:
+        method = MethodConfig.parse(config)
+    except ConfigurationError as error:
+        return f"the method config is not valid ({error})"
+    optimizer = import_object(method.components["optimizer"]["path"])
+    if optimizer not in PER_ELEMENT_OPTIMIZERS:
+        return f"the optimizer {optimizer.__name__} is not one that acts on each element alone (SGD, Adam, AdamW)"
+    for role in OPERATION_COMPONENTS:
+        if role in method.components:
+            component = build_component(role, method.components[role])
+            if not getattr(component, "batch_safe", False):
+                return f"the {role} {component!r} does not declare batch_safe = True"
+    targets = [target_of(objective) for objective in objectives]
+    if None in targets:
+        return "an objective is not a ConstrainedOutputModel of one unit without target_fn"
+    first = targets[0]
+    if any(target.model is not first.model or target.forward_kwargs != first.forward_kwargs for target in targets):
+        return "the objectives do not share one model and its forward_kwargs"
+    return None
+
+
+def gradient_ascent_batch(
+    dataloaders: Mapping[str, Any] | None,
+    objectives: Sequence[nn.Module],
+    config: Mapping[str, Any],
+    seeds: Sequence[int],
+    *,
+    shape: Sequence[int] | None = None,
+) -> list[Result]:
+    """``gradient_ascent(dataloaders, objectives[i], config, seeds[i])`` for every ``i``, in one batch.
+
+    Raises ``ConfigurationError`` when the generations cannot be batched exactly (``why_not_batched``).
+    """
+    if len(objectives) != len(seeds) or not seeds:
+        raise ValueError(f"give one seed per objective, got {len(seeds)} seeds for {len(objectives)} objectives")
+    reason = why_not_batched(GRADIENT_ASCENT, config, objectives)
+    if reason is not None:
+        raise ConfigurationError(f"these generations cannot be batched: {reason}")
+    method = MethodConfig.parse(config)
+    batch_shape = input_shape(dataloaders, shape)
+    targets = [target_of(objective) for objective in objectives]
+    units = torch.tensor([target.unit for target in targets]).repeat_interleave(method.n_meis)
+    model = targets[0].model
+    forward_kwargs = {**targets[0].forward_kwargs, **method.model_forward_kwargs}
+    evaluate = SelectedUnits(model, units.to(method.device), forward_kwargs)
+    started = [start_run(method, seed, batch_shape) for seed in seeds]
+    finals = ascend(evaluate, model, method, [guess for guess, _ in started], [run for _, run in started])
+    return [
+        (final.post_processed_input.cpu(), final.evaluation, run.tracker.log)
+        for final, (_, run) in zip(finals, started, strict=True)
+    ]
+
+
+def generate_many(
+    dataloaders: Mapping[str, Any] | None,
+    objectives: Sequence[nn.Module],
+    method_fn: str,
+    config: Mapping[str, Any],
+    seeds: Sequence[int],
+    *,
+    shape: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    interrupts: tuple[type[BaseException], ...] = (),
+) -> Iterator[tuple[int, Outcome]]:
+    """Generates the MEI of each ``(objectives[i], seeds[i])``; yields ``(i, (mei, score, output))`` or
+    ``(i, error)`` as each finishes, in batches where that is exact and key by key otherwise.
+
+    A batch that runs out of memory is split in two and retried. A batch that fails otherwise is run again key
+    by key, so that the error is recorded against the key that caused it. Exceptions of the types in
+    ``interrupts`` (a caller's time limit) are not caught.
+    """
+    method = import_object(method_fn)
+    shape_kwargs = {} if shape is None else {"shape": shape}
+
+    def one_at_a_time(indices: Sequence[int]) -> Iterator[tuple[int, Outcome]]:
+        for index in indices:
+            try:
+                yield index, method(dataloaders, objectives[index], config, seeds[index], **shape_kwargs)
+            except interrupts:
+                raise
+            except Exception as error:
+                yield index, error
+
+    def batched(indices: Sequence[int]) -> Iterator[tuple[int, Outcome]]:
+        try:
+            results = gradient_ascent_batch(
+                dataloaders, [objectives[i] for i in indices], config, [seeds[i] for i in indices], shape=shape
+            )
+        except interrupts:
+            raise
+        except Exception as error:
+            if len(indices) > 1 and is_out_of_memory(error):
+                _release_cached_memory()
+                middle = len(indices) // 2
+                logger.warning("a batch of %d ran out of memory; splitting it in two", len(indices))
+                yield from batched(indices[:middle])
+                yield from batched(indices[middle:])
+            elif len(indices) > 1:
+                logger.warning("a batch of %d failed (%s); generating its keys one at a time", len(indices), error)
+                yield from one_at_a_time(indices)
+            else:
+                yield indices[0], error
+            return
+        yield from zip(indices, results, strict=True)
+
+    indices = list(range(len(objectives)))
+    reason = why_not_batched(method_fn, config, objectives) if objectives else "nothing to generate"
+    if reason is not None:
+        logger.info("generating %d MEIs one at a time: %s", len(indices), reason)
+        yield from one_at_a_time(indices)
+        return
+    size = batch_size or configured_batch_size() or estimated_batch_size(dataloaders, objectives, config, shape)
+    logger.info("generating %d MEIs in batches of up to %d", len(indices), size)
+    for first in range(0, len(indices), size):
+        yield from batched(indices[first : first + size])
+
+
+def configured_batch_size(environ: Mapping[str, str] | None = None) -> int | None:
+    """``MEI_BATCH_SIZE``: keys per batch, or ``None`` for ``auto`` (the default)."""
+    raw = (os.environ if environ is None else environ).get("MEI_BATCH_SIZE", "auto").strip()
+    if raw == "auto":
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigurationError(f"MEI_BATCH_SIZE must be a positive integer or 'auto', got {raw!r}")
+    return int(raw)
+
+
+def estimated_batch_size(
+    dataloaders: Mapping[str, Any] | None,
+    objectives: Sequence[nn.Module],
+    config: Mapping[str, Any],
+    shape: Sequence[int] | None = None,
+) -> int:
+    """Keys per batch: on a GPU as many as fit in the free memory, measured with a probe step; on the CPU 32."""
+    method = MethodConfig.parse(config)
+    if method.device.type != "cuda":
+        return CPU_BATCH_SIZE
+    probe = 4
+    batch_shape = input_shape(dataloaders, shape)
+    target = target_of(objectives[0])
+    with generation_mode(target.model, method.device):
+        torch.cuda.synchronize(method.device)
+        torch.cuda.reset_peak_memory_stats(method.device)
+        before = torch.cuda.memory_allocated(method.device)
+        images = torch.zeros(probe * method.n_meis, *batch_shape[1:], device=method.device, requires_grad=True)
+        units = torch.full((probe * method.n_meis,), target.unit, device=method.device)
+        SelectedUnits(target.model, units, target.forward_kwargs)(images, None).sum().backward()
+        per_key = (torch.cuda.max_memory_allocated(method.device) - before) / probe
+        del images
+    free, _ = torch.cuda.mem_get_info(method.device)
+    return max(1, min(MAX_BATCH_SIZE, int(GPU_MEMORY_SHARE * free / max(per_key, 1))))
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for a failed allocation, on a GPU or on the host."""
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(
+        text in str(error) for text in ("out of memory", "can't allocate memory", "not enough memory")
+    )
+
+
+def _release_cached_memory() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
