@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from .config import OPERATION_COMPONENTS, MethodConfig
 from .errors import ConfigurationError
-from .import_utils import build_component, import_object
+from .import_utils import import_object
 from .methods import ascend, input_shape, start_run
 from .modules import ConstrainedOutputModel, selected_outputs
 from .optimization import generation_mode
@@ -73,21 +73,26 @@ class SelectedUnits:
 
 
 def why_not_batched(method_fn: str, config: Mapping[str, Any], objectives: Sequence[nn.Module]) -> str | None:
-    """Why these generations cannot share a batch exactly, or ``None`` when they can."""
+    """Why these generations cannot share a batch exactly, or ``None`` when they can.
+
+    Nothing is built: a config whose components cannot be built is left to fail key by key, with each key's
+    own error.
+    """
     if method_fn != GRADIENT_ASCENT:
         return f"the method function {method_fn} is not the built-in {GRADIENT_ASCENT}"
     try:
         method = MethodConfig.parse(config)
+        optimizer = import_object(method.components["optimizer"]["path"])
+        operations = {role: import_object(method.components[role]["path"]) for role in OPERATION_COMPONENTS
+                      if role in method.components}  # fmt: skip
     except ConfigurationError as error:
         return f"the method config is not valid ({error})"
-    optimizer = import_object(method.components["optimizer"]["path"])
     if optimizer not in PER_ELEMENT_OPTIMIZERS:
-        return f"the optimizer {optimizer.__name__} is not one that acts on each element alone (SGD, Adam, AdamW)"
-    for role in OPERATION_COMPONENTS:
-        if role in method.components:
-            component = build_component(role, method.components[role])
-            if not getattr(component, "batch_safe", False):
-                return f"the {role} {component!r} does not declare batch_safe = True"
+        name = getattr(optimizer, "__name__", repr(optimizer))
+        return f"the optimizer {name} is not one that acts on each element alone (SGD, Adam, AdamW)"
+    for role, operation in operations.items():
+        if getattr(operation, "batch_safe", False) is not True:
+            return f"the {role} {getattr(operation, '__name__', repr(operation))} does not declare batch_safe = True"
     targets = [target_of(objective) for objective in objectives]
     if None in targets:
         return "an objective is not a ConstrainedOutputModel of one unit without target_fn"

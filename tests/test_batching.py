@@ -181,6 +181,14 @@ def test_a_key_that_fails_in_a_batch_fails_alone(ensemble):
     assert_equal_results(outcomes[2], gradient_ascent(None, objectives[2], config(), 3, shape=SHAPE))
 
 
+def test_a_component_that_cannot_be_built_fails_each_key_with_its_own_error(ensemble):
+    broken = config(postprocessing={"path": "mei.legacy.ops.ChangeNorm", "kwargs": {"norms": 3}})
+    objectives = [ConstrainedOutputModel(ensemble, unit) for unit in (0, 1)]
+    outcomes = dict(generate_many(None, objectives, "mei.methods.gradient_ascent", broken, [1, 2], shape=SHAPE))
+    assert sorted(outcomes) == [0, 1]
+    assert all(isinstance(error, ConfigurationError) and "postprocessing" in str(error) for error in outcomes.values())
+
+
 def test_the_caller_config_is_not_changed(ensemble):
     short = {"stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 3}}}
     seed_config = seed_method_config(**short)
