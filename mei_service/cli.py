@@ -1,16 +1,19 @@
 """``mei-service``: the command line of the service.
 
     mei-service enqueue TABLE [--restriction R] [--priority P] [--batch-size B] [--queue Q] [--wait]
-    mei-service scheduler TABLE [TABLE ...] [--interval S]
+    mei-service init [TABLE ...]
+    mei-service scheduler [TABLE ...] [--interval S]
     mei-service worker [--gpus 0,1 | --processes N] [--queues Q]
     mei-service status TABLE [--restriction R]
     mei-service cancel TABLE [--restriction R]
     mei-service retry TABLE [--restriction R]
     mei-service flower [--port P] [--local]
+    mei-service health [--database] [--worker] [--url URL]
     mei-service demo
 
-TABLE is the dotted import path of an MEI table (``mei_service.demo.pipeline.MEI``); R is a key as JSON
-(``'{"mei_seed": 42}'``) or a SQL condition (``"neuron_id < 10"``).
+TABLE is the dotted import path of an MEI table (``mei_service.demo.pipeline.MEI``); ``init`` and
+``scheduler`` default to ``MEI_SERVICE_TABLES``. R is a key as JSON (``'{"mei_seed": 42}'``) or a SQL
+condition (``"neuron_id < 10"``).
 """
 
 from __future__ import annotations
@@ -42,13 +45,30 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tables(paths: list[str]) -> tuple[list[str], list[Any]]:
+    from mei_service.settings import Settings
+
+    paths = paths or list(Settings.from_env().tables)
+    if not paths:
+        raise SystemExit("name the MEI tables, as arguments or in MEI_SERVICE_TABLES (comma-separated dotted paths)")
+    return paths, [_table(path) for path in paths]
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    paths, tables = _tables(args.tables)
+    for path, table in zip(paths, tables, strict=True):
+        # Instantiating a table declares it and every table it depends on, each in its schema.
+        print(f"declared {path} as {table().full_table_name}")
+    return 0
+
+
 def cmd_scheduler(args: argparse.Namespace) -> int:
     from mei_service.app import app
     from mei_service.client import as_restriction
     from mei_service.scheduler import run_daemon
 
-    tables = [_table(path) for path in args.tables]
-    print(f"scheduling {', '.join(args.tables)} every {args.interval} s")
+    paths, tables = _tables(args.tables)
+    print(f"scheduling {', '.join(paths)} every {args.interval} s")
     run_daemon(app, tables, as_restriction(args.restriction), interval=args.interval, batch_size=args.batch_size)
     return 0
 
@@ -115,6 +135,23 @@ def cmd_flower(args: argparse.Namespace) -> int:
     return 1
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    from mei_service import health
+    from mei_service.settings import Settings
+
+    settings = Settings.from_env()
+    problems = [health.broker_problem(settings)]
+    if args.database:
+        problems.append(health.database_problem())
+    if args.worker:
+        problems.append(health.worker_problem(settings))
+    problems += [health.url_problem(url) for url in args.url]
+    problems = [problem for problem in problems if problem]
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    return 1 if problems else 0
+
+
 def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
     from mei_service.demo.__main__ import main as demo
 
@@ -131,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
     def restricted(name: str, help: str, many: bool = False) -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help, description=help)
         if many:
-            command.add_argument("tables", nargs="+", metavar="TABLE", help="dotted path of an MEI table")
+            command.add_argument("tables", nargs="*", metavar="TABLE", help="dotted path of an MEI table")
         else:
             command.add_argument("table", metavar="TABLE", help="dotted path of an MEI table")
         command.add_argument("--restriction", help="a key as JSON or a SQL condition")
@@ -143,6 +180,10 @@ def parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--queue", help="queue of the workers to use, e.g. a GPU kind")
     enqueue.add_argument("--wait", action="store_true", help="show progress until every key is done or failed")
     enqueue.set_defaults(run=cmd_enqueue)
+
+    init = commands.add_parser("init", help="declare the MEI tables and their schemas (default MEI_SERVICE_TABLES)")
+    init.add_argument("tables", nargs="*", metavar="TABLE", help="dotted path of an MEI table")
+    init.set_defaults(run=cmd_init)
 
     daemon = restricted("scheduler", "keep tables topped up and give back the keys of dead workers", many=True)
     daemon.add_argument("--interval", type=float, default=10.0, help="seconds between rounds (default 10)")
@@ -162,6 +203,11 @@ def parser() -> argparse.ArgumentParser:
     flower.add_argument("--port", type=int)
     flower.add_argument("--local", action="store_true", help="serve on 127.0.0.1 without authentication")
     flower.set_defaults(run=cmd_flower)
+    health = commands.add_parser("health", help="exit 0 when the broker (and what is named) answers, else 1")
+    health.add_argument("--database", action="store_true", help="also the database")
+    health.add_argument("--worker", action="store_true", help="also a worker process of this host (its heartbeat)")
+    health.add_argument("--url", action="append", default=[], help="also this URL (answers 200)")
+    health.set_defaults(run=cmd_health)
     demo = commands.add_parser("demo", help="run the demo end to end (see --help)", add_help=False)
     demo.set_defaults(run=cmd_demo, passthrough=True)
     return root

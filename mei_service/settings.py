@@ -25,6 +25,8 @@ class Settings:
     result_backend: str = "redis://127.0.0.1:6379/1"
     # Dotted module prefixes whose MEI tables workers may import; a task naming anything else is refused.
     allowed_modules: tuple[str, ...] = ("mei_service.demo",)
+    # Dotted paths of the MEI tables that `mei-service init` declares and `mei-service scheduler` keeps topped up.
+    tables: tuple[str, ...] = ()
     default_queue: str = "mei"
     default_priority: int = 5
     batch_size: int = 16
