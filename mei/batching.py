@@ -13,6 +13,7 @@ fast where it can be.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,6 +36,7 @@ GRADIENT_ASCENT = "mei.methods.gradient_ascent"
 # Optimizers whose update of an element depends on that element's gradient and state alone.
 PER_ELEMENT_OPTIMIZERS = (torch.optim.SGD, torch.optim.Adam, torch.optim.AdamW)
 CPU_BATCH_SIZE = 32
+FALLBACK_BATCH_SIZE = 8
 MAX_BATCH_SIZE = 1024
 # The share of the free GPU memory that a batch may fill; the rest absorbs the estimate's error.
 GPU_MEMORY_SHARE = 0.7
@@ -85,8 +87,9 @@ def why_not_batched(method_fn: str, config: Mapping[str, Any], objectives: Seque
         optimizer = import_object(method.components["optimizer"]["path"])
         operations = {role: import_object(method.components[role]["path"]) for role in OPERATION_COMPONENTS
                       if role in method.components}  # fmt: skip
-    except ConfigurationError as error:
-        return f"the method config is not valid ({error})"
+    except Exception as error:
+        # Whatever is wrong with the config, each key meets it alone and records it.
+        return f"the method config is not valid ({type(error).__name__}: {error})"
     if optimizer not in PER_ELEMENT_OPTIMIZERS:
         name = getattr(optimizer, "__name__", repr(optimizer))
         return f"the optimizer {name} is not one that acts on each element alone (SGD, Adam, AdamW)"
@@ -97,9 +100,19 @@ def why_not_batched(method_fn: str, config: Mapping[str, Any], objectives: Seque
     if None in targets:
         return "an objective is not a ConstrainedOutputModel of one unit without target_fn"
     first = targets[0]
-    if any(target.model is not first.model or target.forward_kwargs != first.forward_kwargs for target in targets):
+    if any(
+        target.model is not first.model or not _same(target.forward_kwargs, first.forward_kwargs) for target in targets
+    ):
         return "the objectives do not share one model and its forward_kwargs"
     return None
+
+
+def _same(first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
+    """Equal keyword arguments; tensors compare by identity (``==`` on them is elementwise)."""
+    return first.keys() == second.keys() and all(
+        first[name] is second[name] or (not isinstance(first[name], Tensor) and first[name] == second[name])
+        for name in first
+    )
 
 
 def gradient_ascent_batch(
@@ -129,7 +142,8 @@ def gradient_ascent_batch(
     started = [start_run(method, seed, batch_shape) for seed in seeds]
     finals = ascend(evaluate, model, method, [guess for guess, _ in started], [run for _, run in started])
     return [
-        (final.post_processed_input.cpu(), final.evaluation, run.tracker.log)
+        # A key's MEI is a view of the batch: cloned, it is stored alone, not with the whole batch.
+        (final.post_processed_input.cpu().clone(), final.evaluation, run.tracker.log)
         for final, (_, run) in zip(finals, started, strict=True)
     ]
 
@@ -152,12 +166,12 @@ def generate_many(
     by key, so that the error is recorded against the key that caused it. Exceptions of the types in
     ``interrupts`` (a caller's time limit) are not caught.
     """
-    method = import_object(method_fn)
     shape_kwargs = {} if shape is None else {"shape": shape}
 
     def one_at_a_time(indices: Sequence[int]) -> Iterator[tuple[int, Outcome]]:
         for index in indices:
             try:
+                method = import_object(method_fn)
                 yield index, method(dataloaders, objectives[index], config, seeds[index], **shape_kwargs)
             except interrupts:
                 raise
@@ -172,19 +186,24 @@ def generate_many(
         except interrupts:
             raise
         except Exception as error:
-            if len(indices) > 1 and is_out_of_memory(error):
-                _release_cached_memory()
-                middle = len(indices) // 2
-                logger.warning("a batch of %d ran out of memory; splitting it in two", len(indices))
-                yield from batched(indices[:middle])
-                yield from batched(indices[middle:])
-            elif len(indices) > 1:
-                logger.warning("a batch of %d failed (%s); generating its keys one at a time", len(indices), error)
-                yield from one_at_a_time(indices)
-            else:
+            if len(indices) == 1:
                 yield indices[0], error
+                return
+            out_of_memory = is_out_of_memory(error)
+            logger.warning("a batch of %d failed (%s)", len(indices), error)
+        else:
+            yield from zip(indices, results, strict=True)
             return
-        yield from zip(indices, results, strict=True)
+        # Out of the except block the failed batch's traceback, and the tensors its frames hold, are gone.
+        if out_of_memory:
+            _release_memory()
+            middle = len(indices) // 2
+            logger.warning("splitting the batch of %d that ran out of memory in two", len(indices))
+            yield from batched(indices[:middle])
+            yield from batched(indices[middle:])
+        else:
+            logger.warning("generating the keys of the failed batch one at a time")
+            yield from one_at_a_time(indices)
 
     indices = list(range(len(objectives)))
     reason = why_not_batched(method_fn, config, objectives) if objectives else "nothing to generate"
@@ -192,7 +211,7 @@ def generate_many(
         logger.info("generating %d MEIs one at a time: %s", len(indices), reason)
         yield from one_at_a_time(indices)
         return
-    size = batch_size or configured_batch_size() or estimated_batch_size(dataloaders, objectives, config, shape)
+    size = batch_size or configured_batch_size() or _estimated_or_fallback(dataloaders, objectives, config, shape)
     logger.info("generating %d MEIs in batches of up to %d", len(indices), size)
     for first in range(0, len(indices), size):
         yield from batched(indices[first : first + size])
@@ -227,11 +246,27 @@ def estimated_batch_size(
         before = torch.cuda.memory_allocated(method.device)
         images = torch.zeros(probe * method.n_meis, *batch_shape[1:], device=method.device, requires_grad=True)
         units = torch.full((probe * method.n_meis,), target.unit, device=method.device)
-        SelectedUnits(target.model, units, target.forward_kwargs)(images, None).sum().backward()
+        forward_kwargs = {**target.forward_kwargs, **method.model_forward_kwargs}
+        SelectedUnits(target.model, units, forward_kwargs)(images, None).sum().backward()
         per_key = (torch.cuda.max_memory_allocated(method.device) - before) / probe
         del images
     free, _ = torch.cuda.mem_get_info(method.device)
     return max(1, min(MAX_BATCH_SIZE, int(GPU_MEMORY_SHARE * free / max(per_key, 1))))
+
+
+def _estimated_or_fallback(
+    dataloaders: Mapping[str, Any] | None,
+    objectives: Sequence[nn.Module],
+    config: Mapping[str, Any],
+    shape: Sequence[int] | None,
+) -> int:
+    try:
+        return estimated_batch_size(dataloaders, objectives, config, shape)
+    except Exception as error:
+        # The batches themselves will meet the same problem and record it against their keys.
+        logger.warning("could not measure the memory of one key (%s); batches of %d", error, FALLBACK_BATCH_SIZE)
+    _release_memory()
+    return FALLBACK_BATCH_SIZE
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -243,6 +278,7 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
-def _release_cached_memory() -> None:
+def _release_memory() -> None:
+    gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

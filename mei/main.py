@@ -176,8 +176,19 @@ class MEITemplate(dj.Computed):
 
         Yields ``(i, (mei, score, output))`` for ``keys[i]`` as it finishes, or ``(i, error)`` for a key that
         failed (the others go on). ``fetched[i]`` is what ``make_fetch(keys[i])`` returned. Exceptions of the
-        types in ``interrupts`` propagate.
+        types in ``interrupts`` propagate. A table that overrides ``make_fetch`` or ``make_compute``, or whose
+        method table overrides ``generate_mei``, is computed key by key through its ``make_compute``, as
+        ``populate()`` would.
         """
+        if not self._generates_as_template():
+            for index, key in enumerate(keys):
+                try:
+                    yield index, self.make_compute(dict(key), *fetched[index])
+                except interrupts:
+                    raise
+                except Exception as error:
+                    yield index, error
+            return
         groups: dict[tuple, list[int]] = {}
         model_key, method_key = self.trained_model_table().primary_key, self.method_table().primary_key
         for index, key in enumerate(keys):
@@ -185,6 +196,14 @@ class MEITemplate(dj.Computed):
             groups.setdefault(group, []).append(index)
         for indices in groups.values():
             yield from self._compute_group(keys, fetched, indices, interrupts)
+
+    def _generates_as_template(self) -> bool:
+        cls = type(self)
+        return (
+            cls.make_fetch is MEITemplate.make_fetch
+            and cls.make_compute is MEITemplate.make_compute
+            and self.method_table.generate_mei is MEIMethod.generate_mei
+        )
 
     def _compute_group(
         self,

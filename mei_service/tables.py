@@ -30,7 +30,7 @@ def resolve_table(path: str, settings: Settings) -> Any:
             f"(now {','.join(settings.allowed_modules) or 'empty'})"
         )
     table = import_object(path)
-    if not (isinstance(table, type) and issubclass(table, dj.Computed) and hasattr(table, "make_compute")):
+    if not (isinstance(table, type) and issubclass(table, dj.Computed) and hasattr(table, "make_compute_many")):
         raise TypeError(f"'{path}' is not an MEI table (a subclass of mei.main.MEITemplate)")
     return table
 

@@ -84,6 +84,12 @@ def test_a_batch_of_32_equals_one_at_a_time(ensemble, case):
         assert len(last_steps) > 1, "the keys should stop at different steps"
 
 
+def test_each_mei_of_a_batch_is_stored_alone(ensemble):
+    objectives = [ConstrainedOutputModel(ensemble, unit) for unit in range(4)]
+    for mei, _, _ in gradient_ascent_batch(None, objectives, config(), [1, 2, 3, 4], shape=SHAPE):
+        assert mei.untyped_storage().nbytes() == mei.numel() * mei.element_size()
+
+
 def test_keys_are_independent_of_their_batch_mates(ensemble):
     objectives = [ConstrainedOutputModel(ensemble, unit) for unit in (3, 4, 5, 6)]
     alone = gradient_ascent_batch(None, objectives[:1], config(), [42], shape=SHAPE)[0]

@@ -60,21 +60,6 @@ def store(table: Any, key: Mapping[str, Any], task_id: str, fetched: tuple, comp
     return True
 
 
-def computations(table: Any, keys: list[dict], fetched: list[tuple]) -> Iterator[tuple[int, tuple | Exception]]:
-    """The table's ``make_compute_many`` (batched generation); key by key for tables that lack it."""
-    instance = table()
-    if hasattr(instance, "make_compute_many"):
-        yield from instance.make_compute_many(keys, fetched, interrupts=(SoftTimeLimitExceeded,))
-        return
-    for index, key in enumerate(keys):
-        try:
-            yield index, instance.make_compute(dict(key), *fetched[index])
-        except SoftTimeLimitExceeded:
-            raise
-        except Exception as error:
-            yield index, error
-
-
 def run_batch(table: Any, keys: Sequence[Mapping[str, Any]], task_id: str, progress: BatchProgress) -> BatchResult:
     """Claims the batch's keys and generates them, many in one gradient ascent where the method allows.
 
@@ -95,29 +80,53 @@ def run_batch(table: Any, keys: Sequence[Mapping[str, Any]], task_id: str, progr
             pending.append(key)
         else:
             result.skipped.append(key)
-    fetched = [instance.make_fetch(dict(key)) for key in pending]
-    unfinished = list(range(len(pending)))
+    ready, fetched = [], []
+    for key in pending:
+        try:
+            fetched.append(instance.make_fetch(dict(key)))
+        except SoftTimeLimitExceeded:
+            raise
+        except Exception as error:
+            _record_failure(table, key, task_id, error, result)
+        else:
+            ready.append(key)
+    unfinished = set(range(len(ready)))
     progress.start(len(result.done))
     try:
         with observing(progress):
-            for index, outcome in computations(table, pending, fetched):
-                key = pending[index]
-                unfinished.remove(index)
-                progress.finish_key(key)
-                if isinstance(outcome, Exception):
-                    _record_failure(table, key, task_id, outcome, result)
-                elif store(table, key, task_id, fetched[index], outcome):
-                    result.done.append(key)
-                else:
-                    result.skipped.append(key)
+            outcomes = instance.make_compute_many(ready, fetched, interrupts=(SoftTimeLimitExceeded,))
+            for index, outcome in outcomes:
+                progress.finish_key(ready[index])
+                _settle(table, ready[index], task_id, fetched[index], outcome, result)
+                unfinished.discard(index)
     except SoftTimeLimitExceeded:
-        keys_left = [pending[index] for index in unfinished]
-        if len(keys_left) == len(pending):
-            message = "SoftTimeLimitExceeded: the batch ran past MEI_SERVICE_TASK_TIME_LIMIT; raise the limit"
+        keys_left = [ready[index] for index in sorted(unfinished)]
+        if keys_left and len(keys_left) == len(ready):
+            message = (
+                f"SoftTimeLimitExceeded: the batch of {len(ready)} keys ran past MEI_SERVICE_TASK_TIME_LIMIT; "
+                "raise the limit or lower MEI_SERVICE_BATCH_SIZE"
+            )
             jobs.fail(table, keys_left[0], task_id, message, traceback.format_exc())
             result.failed.append(keys_left.pop(0))
         result.released = jobs.release(table, keys_left, task_id)
     return result
+
+
+def _settle(
+    table: Any, key: dict, task_id: str, fetched: tuple, outcome: tuple | Exception, result: BatchResult
+) -> None:
+    """Stores a computed key or records its failure; a transient error propagates, so that the task is retried."""
+    if isinstance(outcome, Exception):
+        _record_failure(table, key, task_id, outcome, result)
+        return
+    try:
+        stored = store(table, key, task_id, fetched, outcome)
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as error:
+        _record_failure(table, key, task_id, error, result)
+        return
+    (result.done if stored else result.skipped).append(key)
 
 
 def _record_failure(table: Any, key: dict, task_id: str, error: Exception, result: BatchResult) -> None:

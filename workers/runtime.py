@@ -76,9 +76,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
+    from mei.batching import configured_batch_size
+    from mei.errors import ConfigurationError
     from mei_service.settings import Settings
 
     settings = Settings.from_env()
+    try:
+        configured_batch_size()
+    except ConfigurationError as error:  # stop here rather than fail every task
+        raise SystemExit(f"mei-service worker: {error}") from error
     queues = args.queues or settings.default_queue
     gpus = args.gpus.split(",") if args.gpus else visible_gpus()
     slots = [Slot(f"gpu{gpu}", gpu) for gpu in gpus] or [Slot(f"cpu{i}", "") for i in range(args.processes)]
