@@ -205,3 +205,23 @@ def test_local_stack_commands_are_what_the_compose_file_says():
     assert '"endpoint": "127.0.0.1:9000"' in environment["DJ_STORES"]
     assert shlex.split(" ".join(local.healthcheck("worker"))) == ["mei-service", "health", "--worker"]
     assert shutil.which("redis-server"), "the stack test runs the compose file's Redis command"
+
+
+def test_health_and_startup_report_what_is_wrong():
+    def cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "mei_service.cli", *args]
+        return subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True, timeout=120)
+
+    dead_broker = cli("health", MEI_SERVICE_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
+    assert dead_broker.returncode == 1 and "the broker does not answer" in dead_broker.stderr
+    # A Redis database that no test's workers send heartbeats to.
+    quiet_broker = "redis://127.0.0.1:6379/9"
+    url = f"http://127.0.0.1:{free_port()}/healthcheck"
+    no_worker = cli("health", "--worker", "--url", url, MEI_SERVICE_BROKER_URL=quiet_broker)
+    assert no_worker.returncode == 1 and "no worker process on" in no_worker.stderr
+    assert f"{url} does not answer" in no_worker.stderr
+    assert cli("health", "--database").returncode == 0
+    no_tables = cli("scheduler", MEI_SERVICE_TABLES="")
+    assert no_tables.returncode != 0 and "MEI_SERVICE_TABLES" in no_tables.stderr
+    bad_batch = cli("worker", MEI_BATCH_SIZE="many")
+    assert bad_batch.returncode != 0 and "MEI_BATCH_SIZE must be a positive integer" in bad_batch.stderr
