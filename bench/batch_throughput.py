@@ -1,6 +1,6 @@
 """MEIs per hour on the Sensorium-scale 5-model ensemble: batched generation against one key at a time.
 
-    python -m bench.batch_throughput [--device cpu] [--batches 1,8,32,128] [--steps 6] [--repeats 3]
+    python -m bench.batch_throughput [--device cpu] [--batches 1,8,32,128] [--steps 11] [--repeats 5]
 
 Every runner generates MEIs of different neurons and seeds with the seed's example config plus
 ``GaussianBlur(sigma=1)`` and ``ChangeNorm(25)`` (as ``bench.step_time``), interleaved in one run:
@@ -11,11 +11,13 @@ Every runner generates MEIs of different neurons and seeds with the seed's examp
 - ``one_at_a_time``: ``mei.methods.gradient_ascent``, evaluating the readout at the key's neuron only;
 - ``batch_<n>``: ``mei.batching.gradient_ascent_batch`` over ``n`` keys at once.
 
-The figure is the median time per step per MEI, and MEIs per hour at ``--mei-steps`` steps (1,001: the
-seed's ``NumIterations(1000)``). On the CPU glibc's allocator returns and refetches the large activation
-blocks of big batches; the benchmark keeps them (``MALLOC_MMAP_MAX_=0``, ``MALLOC_TRIM_THRESHOLD_``) by
-starting itself again with those variables unless ``--glibc-defaults`` is given. Results in
-``bench/results/batch_throughput_<device>.json``.
+Each measurement pairs a one-step run with a ``--steps`` run (``bench.timing``), which separates the time
+per step from the fixed cost of a generation (initial guess, components, model preparation). The figures are
+the medians of the time per step per MEI and of the fixed time per MEI, and MEIs per hour at
+``--mei-steps`` steps (1,001: the seed's ``NumIterations(1000)``). On the CPU glibc's allocator returns and
+refetches the large activation blocks of big batches; the benchmark keeps them (``MALLOC_MMAP_MAX_=0``,
+``MALLOC_TRIM_THRESHOLD_``) by starting itself again with those variables unless ``--glibc-defaults`` is
+given. Results in ``bench/results/batch_throughput_<device>.json``.
 """
 
 from __future__ import annotations
@@ -26,8 +28,6 @@ import os
 import platform
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -36,31 +36,36 @@ from torch import nn
 from bench.reference_style import FullReadout, reference_objective, reference_style_ascent
 from bench.sensorium import FULL, TINY, build_ensemble
 from bench.step_time import method_config
+from bench.timing import Runner, Timing, measure_once, timed
 from mei.batching import gradient_ascent_batch
 from mei.methods import gradient_ascent
-from mei.modules import ConstrainedOutputModel
+from mei.modules import ConstrainedOutputModel, selected_outputs
+from mei.preparation import generation_mode
 from workers.runtime import CPU_ALLOCATOR_SETTINGS
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def runners(model: nn.Module, config: dict, shape: tuple, batches: list[int]) -> dict[str, tuple[int, Callable]]:
-    """Each runner's name, the MEIs it makes per call, and the call (taking a seed offset)."""
+def runners(model: nn.Module, device: str, shape: tuple, batches: list[int]) -> dict[str, tuple[int, Runner]]:
+    """Each runner's name, the MEIs it makes per call, and the call ``run(seed offset, steps)``."""
     units = model.members[0].readout.bias.numel()
 
-    def reference(offset: int) -> None:
+    def reference(offset: int, steps: int) -> None:
+        config = method_config(device, steps)
         reference_style_ascent(reference_objective(model, offset % units), config, offset, shape)
 
-    def single(objective_model: nn.Module) -> Callable[[int], None]:
-        def run(offset: int) -> None:
-            gradient_ascent(None, ConstrainedOutputModel(objective_model, offset % units), config, offset, shape=shape)
+    def single(objective_model: nn.Module) -> Runner:
+        def run(offset: int, steps: int) -> None:
+            objective = ConstrainedOutputModel(objective_model, offset % units)
+            gradient_ascent(None, objective, method_config(device, steps), offset, shape=shape)
 
         return run
 
-    def batched(size: int) -> Callable[[int], None]:
-        def run(offset: int) -> None:
+    def batched(size: int) -> Runner:
+        def run(offset: int, steps: int) -> None:
             objectives = [ConstrainedOutputModel(model, (offset + 37 * i) % units) for i in range(size)]
-            gradient_ascent_batch(None, objectives, config, [offset + i for i in range(size)], shape=shape)
+            seeds = [offset + i for i in range(size)]
+            gradient_ascent_batch(None, objectives, method_config(device, steps), seeds, shape=shape)
 
         return run
 
@@ -73,44 +78,82 @@ def runners(model: nn.Module, config: dict, shape: tuple, batches: list[int]) ->
     return table
 
 
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def measure(model: nn.Module, device: str, steps: int, repeats: int, batches: list[int], mei_steps: int) -> dict:
     model = model.to(device)
-    config = method_config(device, steps)
-    shape = (1, *FULL.input_shape)
-    table = runners(model, config, shape, batches)
+    table = runners(model, device, (1, *FULL.input_shape), batches)
     for _, run in table.values():  # warm-up
-        run(0)
-    times: dict[str, list[float]] = {name: [] for name in table}
+        run(0, 2)
+    timings: dict[str, list[Timing]] = {name: [] for name in table}
     memory: dict[str, int] = {}
     for repeat in range(repeats):
         for name, (size, run) in table.items():
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats()
                 baseline = torch.cuda.memory_allocated()
-            synchronize(device)
-            start = time.perf_counter()
-            run(1000 * (repeat + 1))
-            synchronize(device)
-            times[name].append((time.perf_counter() - start) / steps / size * 1000)
+            timings[name].append(measure_once(run, 1000 * (repeat + 1), steps, device, long_first=repeat % 2 == 1))
             if device.startswith("cuda"):
                 memory[name] = (torch.cuda.max_memory_allocated() - baseline) // size
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    reference = medians["reference_style"]
-    return {
-        name: {
-            "ms_per_step_per_mei": medians[name],
-            "all_ms_per_step_per_mei": times[name],
-            "meis_per_hour": 3600 * 1000 / (medians[name] * mei_steps),
-            "seconds_per_mei": medians[name] * mei_steps / 1000,
-            "speedup_over_reference_style": reference / medians[name],
+    reference = timings["reference_style"]
+    results = {}
+    for name, (size, _) in table.items():
+        measured = timings[name]
+        seconds_per_mei = statistics.median(timing.seconds(mei_steps) / size for timing in measured)
+        results[name] = {
+            "ms_per_step_per_mei": 1000 * statistics.median(timing.seconds_per_step / size for timing in measured),
+            "fixed_ms_per_mei": 1000 * statistics.median(timing.fixed_seconds / size for timing in measured),
+            "seconds_per_mei": seconds_per_mei,
+            "meis_per_hour": 3600 / seconds_per_mei,
+            # Each repeat's runner against the reference-style loop of the same repeat.
+            "speedup_over_reference_style": statistics.median(
+                reference_timing.seconds(mei_steps) / (timing.seconds(mei_steps) / size)
+                for timing, reference_timing in zip(measured, reference, strict=True)
+            ),
+            "pairs_seconds": [[timing.one_step_seconds, timing.many_steps_seconds] for timing in measured],
             **({"gpu_bytes_per_mei": memory[name]} if name in memory else {}),
         }
-        for name in table
+    return results
+
+
+def model_pass_times(model: nn.Module, device: str, batches: list[int], repeats: int) -> dict:
+    """Milliseconds per image of one forward pass and input gradient at the selected neurons, with the model as
+    it is (eval mode, frozen) and as generation prepares it (``mei.preparation``), side by side."""
+    model = model.to(device).eval()
+    units = model.members[0].readout.bias.numel()
+    flags = [parameter.requires_grad for parameter in model.parameters()]
+    passes = 3
+
+    def per_image(size: int) -> float:
+        images = torch.randn(size, *FULL.input_shape, device=device, requires_grad=True)
+        chosen = torch.arange(size, device=device)[:, None] * 37 % units
+
+        def run() -> None:
+            for _ in range(passes):
+                selected_outputs(model, images, chosen).sum().backward()
+
+        run()  # warm-up
+        return timed(run, device) / passes / size
+
+    def as_is(size: int) -> float:
+        model.requires_grad_(False)
+        try:
+            return per_image(size)
+        finally:
+            for parameter, flag in zip(model.parameters(), flags, strict=True):
+                parameter.requires_grad_(flag)
+
+    def prepared(size: int) -> float:
+        with generation_mode(model, torch.device(device)):
+            return per_image(size)
+
+    variants = [("as_is", as_is), ("prepared", prepared)]
+    times: dict[str, dict[int, list[float]]] = {name: {} for name, _ in variants}
+    for repeat in range(repeats):
+        for size in batches:
+            for name, measure_pass in variants if repeat % 2 == 0 else variants[::-1]:
+                times[name].setdefault(size, []).append(measure_pass(size))
+    return {
+        name: {f"batch_{size}": 1000 * statistics.median(values) for size, values in by_size.items()}
+        for name, by_size in times.items()
     }
 
 
@@ -118,8 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batches", default="1,8,32,128", help="comma-separated batch sizes")
-    parser.add_argument("--steps", type=int, default=6, help="optimization steps per measured run")
-    parser.add_argument("--repeats", type=int, default=3, help="measured runs per runner (the median is kept)")
+    parser.add_argument("--steps", type=int, default=11, help="steps of the long run of each measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="measurements per runner (the median is kept)")
     parser.add_argument("--mei-steps", type=int, default=1001, help="steps of one MEI, for MEIs per hour")
     parser.add_argument("--tiny", action="store_true", help="the tiny ensemble (a quick check of the benchmark)")
     parser.add_argument("--glibc-defaults", action="store_true", help="keep glibc's allocator settings")
@@ -132,7 +175,9 @@ def main(argv: list[str] | None = None) -> None:
         os.execve(sys.executable, command, {**os.environ, **CPU_ALLOCATOR_SETTINGS})
     batches = [int(size) for size in args.batches.split(",")]
     size = TINY if args.tiny else FULL
-    results = measure(build_ensemble(size), args.device, args.steps, args.repeats, batches, args.mei_steps)
+    ensemble = build_ensemble(size)
+    passes = model_pass_times(ensemble, args.device, batches, args.repeats)
+    results = measure(ensemble, args.device, args.steps, args.repeats, batches, args.mei_steps)
     report = {
         "benchmark": "MEIs per hour, seed config + GaussianBlur precondition + ChangeNorm postprocessing",
         "model": f"{size.layers} layers, {size.channels} channels, {size.neurons} neurons, 5 members",
@@ -144,6 +189,7 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": args.repeats,
         "mei_steps": args.mei_steps,
         "results": results,
+        "model_pass_ms_per_image": passes,
     }
     out = args.out or RESULTS / f"batch_throughput_{args.device.split(':')[0]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -153,6 +199,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{name:28s} {result['ms_per_step_per_mei']:8.2f} ms/step/MEI  {result['meis_per_hour']:9.1f} MEIs/h  "
             f"{result['speedup_over_reference_style']:6.2f}x reference-style"
         )
+    for batch, prepared in passes["prepared"].items():
+        as_is = passes["as_is"][batch]
+        print(f"model pass, {batch:10s} as is {as_is:7.2f} ms/image  prepared {prepared:7.2f} ms/image")
     print(f"written to {out}")
 
 

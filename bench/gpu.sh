@@ -10,6 +10,6 @@ mkdir -p "$out"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu_device.txt"
 python3 -m pytest -q -m cuda -p no:cacheprovider tests 2>&1 | tee "$out/gpu_tests.txt"
-python3 -m bench.step_time --device cuda --steps 50 --repeats 5 --out "$out/step_time_cuda.json"
-python3 -m bench.batch_throughput --device cuda --batches 1,8,32,128,512,1024 --steps 20 --repeats 3 \
+python3 -m bench.step_time --device cuda --steps 51 --repeats 5 --out "$out/step_time_cuda.json"
+python3 -m bench.batch_throughput --device cuda --batches 1,8,32,128,512,1024 --steps 21 --repeats 3 \
   --out "$out/batch_throughput_cuda.json"

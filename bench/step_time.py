@@ -5,7 +5,7 @@ Sensorium-scale 5-model ensemble (and its tiny variant), interleaved in one run,
 ``mei`` evaluates the readout at the one neuron asked for (the model's selected-outputs path); the
 reference-style loop computes all of them and picks one, as the reference did.
 
-    python -m bench.step_time [--device cpu] [--steps 20] [--repeats 5]
+    python -m bench.step_time [--device cpu] [--steps 21] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 
 import torch
 
 from bench.reference_style import reference_objective, reference_style_ascent
 from bench.sensorium import FULL, TINY, ModelSize, build_ensemble
+from bench.timing import Runner, Timing, measure_once
 from mei.methods import gradient_ascent
 from mei.modules import ConstrainedOutputModel
 
@@ -39,36 +39,35 @@ def method_config(device: str, steps: int) -> dict:
     }
 
 
-def _synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def measure(size: ModelSize, device: str, steps: int, repeats: int) -> dict:
     ensemble = build_ensemble(size).to(device)
     model, reference_model = ConstrainedOutputModel(ensemble, 0), reference_objective(ensemble, 0)
     shape = (1, *size.input_shape)
-    config = method_config(device, steps)
-    runners = {
-        "mei": lambda seed: gradient_ascent(None, model, config, seed, shape=shape),
-        "reference_style": lambda seed: reference_style_ascent(reference_model, config, seed, shape),
+    runners: dict[str, Runner] = {
+        "mei": lambda seed, n: gradient_ascent(None, model, method_config(device, n), seed, shape=shape),
+        "reference_style": lambda seed, n: reference_style_ascent(
+            reference_model, method_config(device, n), seed, shape
+        ),
     }
-    results = {name: run(seed=0) for name, run in runners.items()}  # warm-up, and the equality check
+    results = {name: run(0, steps) for name, run in runners.items()}  # warm-up, and the equality check
     max_difference = (results["mei"][0] - results["reference_style"][0]).abs().max().item()
-    times: dict[str, list[float]] = {name: [] for name in runners}
+    timings: dict[str, list[Timing]] = {name: [] for name in runners}
     for repeat in range(repeats):
         for name, run in runners.items():
-            _synchronize(device)
-            start = time.perf_counter()
-            run(seed=repeat)
-            _synchronize(device)
-            times[name].append((time.perf_counter() - start) / steps * 1000)
-    medians = {name: statistics.median(values) for name, values in times.items()}
+            timings[name].append(measure_once(run, repeat, steps, device, long_first=repeat % 2 == 1))
+    per_step = {name: [1000 * timing.seconds_per_step for timing in values] for name, values in timings.items()}
     return {
         "model": f"{size.layers} layers, {size.channels} channels, {size.neurons} neurons, 5 members",
-        "ms_per_step": medians,
-        "all_ms_per_step": times,
-        "ratio_mei_to_reference_style": medians["mei"] / medians["reference_style"],
+        "ms_per_step": {name: statistics.median(values) for name, values in per_step.items()},
+        "all_ms_per_step": per_step,
+        "fixed_ms": {
+            name: statistics.median(1000 * timing.fixed_seconds for timing in values)
+            for name, values in timings.items()
+        },
+        # Each repeat's pair of runs against each other.
+        "ratio_mei_to_reference_style": statistics.median(
+            ours / theirs for ours, theirs in zip(per_step["mei"], per_step["reference_style"], strict=True)
+        ),
         "max_abs_difference_of_meis": max_difference,
     }
 
@@ -76,7 +75,7 @@ def measure(size: ModelSize, device: str, steps: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--steps", type=int, default=20, help="optimization steps per measured run")
+    parser.add_argument("--steps", type=int, default=21, help="steps of the long run of each measurement")
     parser.add_argument("--repeats", type=int, default=5, help="measured runs per loop (the median is kept)")
     parser.add_argument("--out", type=Path, default=None, help="result file (default bench/results/...)")
     args = parser.parse_args()

@@ -28,7 +28,7 @@ from .errors import ConfigurationError
 from .import_utils import import_object
 from .methods import ascend, input_shape, start_run
 from .modules import ConstrainedOutputModel, selected_outputs
-from .optimization import generation_mode
+from .preparation import generation_mode
 
 logger = logging.getLogger(__name__)
 

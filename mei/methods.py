@@ -12,7 +12,8 @@ from .config import OPERATION_COMPONENTS, MethodConfig
 from .domain import State
 from .errors import ConfigurationError
 from .import_utils import build_component
-from .optimization import Evaluate, Run, generation_mode, optimize
+from .optimization import Evaluate, Run, optimize
+from .preparation import Probe, generation_mode
 from .tracking import Tracker
 
 BATCH_FIELDS = ("inputs", "images")
@@ -101,5 +102,10 @@ def ascend(
         for role in OPERATION_COMPONENTS
         if role in method.components
     }
-    with generation_mode(model, method.device):
+    transform = operations.get("transform")
+
+    def objective(images: Tensor) -> Tensor:
+        return evaluate(images if transform is None else transform(images, 0), None)
+
+    with generation_mode(model, method.device, Probe(objective, x)):
         return optimize(evaluate, x, optimizer, runs, inhibitory=method.inhibitory, **operations)

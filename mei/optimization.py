@@ -1,14 +1,13 @@
-"""The gradient-ascent loop and the model preparation around it."""
+"""The gradient-ascent loop."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from .domain import BatchValues, Rows, State
 from .errors import GradientError
@@ -16,24 +15,6 @@ from .progress import current_observer
 from .tracking import Tracker
 
 Operation = Callable[[Tensor, int], Tensor]
-
-
-@contextmanager
-def generation_mode(model: nn.Module, device: torch.device) -> Iterator[nn.Module]:
-    """Moves the model to ``device`` in eval mode with frozen parameters; restores mode and flags after."""
-    parameters = list(model.parameters())
-    requires_grad = [parameter.requires_grad for parameter in parameters]
-    was_training = model.training
-    model.to(device)
-    model.eval()
-    for parameter in parameters:
-        parameter.requires_grad_(False)
-    try:
-        yield model
-    finally:
-        for parameter, flag in zip(parameters, requires_grad, strict=True):
-            parameter.requires_grad_(flag)
-        model.train(was_training)
 
 
 def per_image_evaluations(output: Tensor, n_images: int, *, joint_allowed: bool = True) -> Tensor:

@@ -1,0 +1,226 @@
+"""The model during generation: on the device, in eval mode, frozen, and with cheaper equivalent layers.
+
+Two rewrites give the same function for less work, and both are undone when generation ends:
+
+- a batch norm in eval mode is an affine map per channel, so one that directly follows a convolution in an
+  ``nn.Sequential`` is folded into that convolution's weights and bias (two fewer passes over the
+  activations, forward and backward);
+- on the CPU, a 2-D convolution of at most four input channels (the first layer of most vision models) runs
+  on PyTorch's im2col-and-matrix-product kernel: for so few channels oneDNN's kernel, PyTorch's default, takes
+  up to 8 times as long for the forward pass and input gradient, and about as long at four channels on large
+  images (``bench/conv_kernels.py``, ``docs/performance.md``).
+
+Only the exact PyTorch classes are rewritten, never subclasses (which may compute their weights otherwise),
+modules with hooks or containers used in more than one place. A probe then checks the rewrite: the objective
+of the first images and its input gradient must not change beyond rounding, else the model runs as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import pairwise
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+CONVOLUTION_BEFORE_NORM = {nn.BatchNorm1d: nn.Conv1d, nn.BatchNorm2d: nn.Conv2d, nn.BatchNorm3d: nn.Conv3d}
+IM2COL_MAX_INPUT_CHANNELS = 4
+# How far a rewrite may move the probe's values and gradients, relative to each image's own: folding changes
+# only the rounding (about 1e-7 in float32).
+PROBE_TOLERANCE = 1e-4
+
+logger = logging.getLogger(__name__)
+
+# A rewrite: in ``parent``, the child called ``name`` was ``original`` and is ``replacement``.
+Swap = tuple[nn.Module, str, nn.Module, nn.Module]
+
+
+@dataclass(frozen=True)
+class Probe:
+    """What checks a rewrite: ``objective(images)`` gives one value per image of ``images``."""
+
+    objective: Callable[[Tensor], Tensor]
+    images: Tensor
+
+
+class Im2colConv2d(nn.Conv2d):
+    """A ``Conv2d`` computed by PyTorch's im2col kernel, sharing the parameters of the one it stands in for."""
+
+    @classmethod
+    def sharing(cls, conv: nn.Conv2d) -> Im2colConv2d:
+        replacement = cls(
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            bias=conv.bias is not None,
+            device="meta",
+        )
+        replacement.weight, replacement.bias = conv.weight, conv.bias
+        return replacement.train(conv.training)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:  # the im2col kernel takes batches only
+            return super().forward(x)
+        return torch.ops.aten.thnn_conv2d(x, self.weight, self.kernel_size, self.bias, self.stride, self.padding)
+
+
+@contextmanager
+def generation_mode(model: nn.Module, device: torch.device | str, probe: Probe | None = None) -> Iterator[nn.Module]:
+    """Moves the model to ``device`` in eval mode with frozen parameters and cheaper equivalent layers (kept
+    only if ``probe`` finds them equal); restores its layers, modes and flags after."""
+    device = torch.device(device)
+    parameters = list(model.parameters())
+    requires_grad = [parameter.requires_grad for parameter in parameters]
+    modes = [(module, module.training) for module in model.modules()]
+    model.to(device)
+    model.eval()
+    for parameter in parameters:
+        parameter.requires_grad_(False)
+    swaps: list[Swap] = []
+    try:
+        _rewrite(model, device, probe, swaps)
+        yield model
+    finally:
+        _undo(swaps)
+        for parameter, flag in zip(parameters, requires_grad, strict=True):
+            parameter.requires_grad_(flag)
+        for module, training in modes:
+            module.training = training
+
+
+def _rewrite(model: nn.Module, device: torch.device, probe: Probe | None, swaps: list[Swap]) -> None:
+    with torch.no_grad():
+        _fold_batch_norms(model, swaps)
+        if device.type == "cpu":
+            _im2col_convolutions(model, swaps)
+    if probe is None or not swaps:
+        return
+    applied = list(swaps)
+    try:
+        rewritten: tuple[Tensor, Tensor] | Exception = _response(probe, device)
+    except Exception as error:
+        rewritten = error
+    _undo(swaps)
+    try:
+        expected = _response(probe, device)
+    except Exception:
+        return  # the model fails as it is too: the generation reports that
+    if isinstance(rewritten, Exception):
+        # The model may reach into the layers that were replaced.
+        logger.warning("generating with the model's layers as they are: with them rewritten, %r", rewritten)
+        return
+    n_images = probe.images.shape[0]
+    if not all(_close(found, wanted, n_images) for found, wanted in zip(rewritten, expected, strict=True)):
+        logger.warning(
+            "generating with the model's layers as they are: rewritten (batch norms folded, convolutions on the "
+            "im2col kernel), they change its objective or gradient beyond rounding; the model may call its "
+            "layers out of order or compute in low precision"
+        )
+        return
+    for parent, name, _, replacement in applied:
+        _swap(swaps, parent, name, replacement)
+
+
+def _response(probe: Probe, device: torch.device) -> tuple[Tensor, Tensor]:
+    """The probe's values and their input gradient, leaving the random number generators as they were."""
+    if device.type == "cuda":
+        devices = [device.index if device.index is not None else torch.cuda.current_device()]
+    else:
+        devices = []
+    with torch.random.fork_rng(devices=devices):
+        images = probe.images.detach().clone().requires_grad_()
+        values = probe.objective(images)
+        (gradient,) = torch.autograd.grad(values.sum(), images)
+    return values.detach(), gradient
+
+
+def _close(found: Tensor, expected: Tensor, n_images: int) -> bool:
+    """Equal within ``PROBE_TOLERANCE`` of each image's own magnitude (plus a floor for values near zero)."""
+    rows = n_images if expected.numel() % n_images == 0 else 1
+    found, expected = found.reshape(rows, -1), expected.reshape(rows, -1)
+    magnitude = expected.norm(dim=1)
+    scale = magnitude + PROBE_TOLERANCE * magnitude.max()
+    return bool(((found - expected).norm(dim=1) <= PROBE_TOLERANCE * scale).all())
+
+
+def _swap(swaps: list[Swap], parent: nn.Module, name: str, replacement: nn.Module) -> None:
+    swaps.append((parent, name, parent._modules[name], replacement))
+    parent._modules[name] = replacement
+
+
+def _undo(swaps: list[Swap]) -> None:
+    while swaps:
+        parent, name, original, _ = swaps.pop()
+        parent._modules[name] = original
+
+
+def _fold_batch_norms(model: nn.Module, swaps: list[Swap]) -> None:
+    # ``_modules`` rather than ``named_children()``, which hides a module registered twice in one container.
+    uses = Counter(id(child) for parent in model.modules() for child in parent._modules.values())
+    for parent in list(model.modules()):
+        if not _runs_in_order(parent):
+            continue
+        for (before_name, before), (norm_name, norm) in pairwise(list(parent._modules.items())):
+            if not _foldable_norm(norm):
+                continue
+            owner, conv_name, conv = _last_layer(parent, before_name, before, uses)
+            if type(conv) is CONVOLUTION_BEFORE_NORM[type(norm)] and not conv.training and not _hooked(conv):
+                _swap(swaps, owner, conv_name, fuse_conv_bn_eval(conv, norm))
+                _swap(swaps, parent, norm_name, nn.Identity())
+
+
+def _runs_in_order(module: nn.Module) -> bool:
+    """True for a container whose forward applies its children one after the other."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
+def _foldable_norm(module: nn.Module | None) -> bool:
+    return (
+        type(module) in CONVOLUTION_BEFORE_NORM
+        and not module.training
+        and module.running_mean is not None
+        and module.running_var is not None
+        and not _hooked(module)
+    )
+
+
+def _last_layer(
+    parent: nn.Module, name: str, module: nn.Module, uses: Counter[int]
+) -> tuple[nn.Module, str, nn.Module]:
+    """The layer whose output is ``module``'s, with its container: inside nested sequential containers that are
+    used only here (folding edits the container)."""
+    while _runs_in_order(module) and len(module) > 0 and uses[id(module)] == 1 and not _hooked(module):
+        parent, (name, module) = module, list(module._modules.items())[-1]
+    return parent, name, module
+
+
+def _im2col_convolutions(model: nn.Module, swaps: list[Swap]) -> None:
+    for parent in list(model.modules()):
+        for name, conv in list(parent._modules.items()):
+            if _few_input_channels(conv):
+                _swap(swaps, parent, name, Im2colConv2d.sharing(conv))
+
+
+def _few_input_channels(conv: nn.Module | None) -> bool:
+    return (
+        type(conv) is nn.Conv2d
+        and conv.in_channels <= IM2COL_MAX_INPUT_CHANNELS
+        and conv.groups == 1
+        and conv.dilation == (1, 1)
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and not _hooked(conv)
+    )
+
+
+def _hooked(module: nn.Module) -> bool:
+    return bool(
+        module._forward_hooks or module._forward_pre_hooks or module._backward_hooks or module._backward_pre_hooks
+    )
