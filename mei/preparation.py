@@ -33,6 +33,8 @@ IM2COL_MAX_INPUT_CHANNELS = 4
 # How far a rewrite may move the probe's values and gradients, relative to each image's own: folding changes
 # only the rounding (about 1e-7 in float32).
 PROBE_TOLERANCE = 1e-4
+# What a model that reaches into replaced layers raises. Other exceptions (a caller's time limit) go through.
+MODEL_ERRORS = (ArithmeticError, AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError)
 
 logger = logging.getLogger(__name__)
 
@@ -103,18 +105,19 @@ def _rewrite(model: nn.Module, device: torch.device, probe: Probe | None, swaps:
     if probe is None or not swaps:
         return
     applied = list(swaps)
+    rewritten, failure = None, None
     try:
-        rewritten: tuple[Tensor, Tensor] | Exception = _response(probe, device)
-    except Exception as error:
-        rewritten = error
+        rewritten = _response(probe, device)
+    except MODEL_ERRORS as error:
+        failure = repr(error)  # not the error itself: its traceback would hold the probe's tensors
     _undo(swaps)
     try:
         expected = _response(probe, device)
-    except Exception:
+    except MODEL_ERRORS:
         return  # the model fails as it is too: the generation reports that
-    if isinstance(rewritten, Exception):
+    if rewritten is None:
         # The model may reach into the layers that were replaced.
-        logger.warning("generating with the model's layers as they are: with them rewritten, %r", rewritten)
+        logger.warning("generating with the model's layers as they are: with them rewritten, %s", failure)
         return
     n_images = probe.images.shape[0]
     if not all(_close(found, wanted, n_images) for found, wanted in zip(rewritten, expected, strict=True)):

@@ -77,6 +77,20 @@ def test_the_model_is_restored_when_generation_fails():
     assert list(model.modules()) == modules
 
 
+def test_an_interruption_during_the_probe_goes_through_and_the_model_is_restored():
+    class TimeLimit(Exception):
+        """Like Celery's soft time limit: an exception that is no fault of the model."""
+
+    def interrupted(images):
+        raise TimeLimit
+
+    model = build_model(TINY)
+    modules = list(model.modules())
+    with pytest.raises(TimeLimit), generation_mode(model, CPU, Probe(interrupted, torch.zeros(1, *SHAPE[1:]))):
+        pass
+    assert list(model.modules()) == modules
+
+
 def test_generation_modes_nest():
     model = build_model(TINY)
     x = torch.randn(2, *SHAPE[1:])
