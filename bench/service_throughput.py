@@ -37,7 +37,7 @@ def configure() -> None:
         "MEI_BENCH_SCHEMA": f"{PREFIX}_lab",
         "MEI_STORE_LOCATION": f"/tmp/{PREFIX}_store",
         "MEI_SERVICE_DEFAULT_QUEUE": PREFIX,
-        "MEI_SERVICE_ALLOWED_MODULES": "bench",
+        "MEI_ALLOWED_MODULES": "bench",
     }.items():
         os.environ.setdefault(name, value)
 
@@ -92,7 +92,7 @@ def measure_enqueue(app, restriction: dict) -> dict:
     finding = time.perf_counter() - start
     sent = enqueue(app, MEI, restriction, queue=f"{PREFIX}-idle")
     MEI().jobs.delete_quick()
-    client = redis.Redis.from_url(app.conf.mei_settings.broker_url)
+    client = redis.Redis.from_url(app.mei_settings.broker_url)
     for name in client.scan_iter(f"{PREFIX}-idle*"):
         client.delete(name)
     return {

@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 
+from . import policy
 from .errors import ConfigurationError
-from .import_utils import import_object
+from .import_utils import build_component, import_object
 
 REQUIRED_COMPONENTS = ("initial", "optimizer", "stopper")
 OPERATION_COMPONENTS = ("transform", "regularization", "precondition", "postprocessing")
@@ -65,6 +66,7 @@ class MethodConfig:
         n_meis = config.get("n_meis", 1)
         if isinstance(n_meis, bool) or not isinstance(n_meis, int) or n_meis < 1:
             raise ConfigurationError(f"n_meis must be a positive integer, got {n_meis!r}")
+        policy.bounded("n_meis", n_meis)
         objectives = config.get("objectives") or []
         if not isinstance(objectives, list | tuple):
             raise ConfigurationError(f"objectives must be a list of components, got {objectives!r}")
@@ -89,21 +91,26 @@ class MethodConfig:
 
 
 def validate_method(method_fn: str, method_config: Mapping[str, Any]) -> None:
-    """Checks, without building anything, that a method can run: its function imports, and for the built-in
-    gradient ascent the config's keys and component paths are valid. A GPU is not needed to check a CUDA config.
+    """Checks, as for a row, that a method can run: its function and component paths are on the allow-list
+    (``mei.policy``) and import, and for the built-in gradient ascent the config's keys are valid and its stopper
+    can be built within the limits. A GPU is not needed to check a CUDA config.
     """
-    method = import_object(method_fn)
-    if not callable(method):
-        raise ConfigurationError(f"method_fn '{method_fn}' is not callable")
-    if method_fn != "mei.methods.gradient_ascent":
-        return
-    if not isinstance(method_config, Mapping):
-        raise ConfigurationError(f"the method config must be a dict, got {type(method_config).__name__}")
-    MethodConfig.parse({**method_config, "device": "cpu"})
-    if str(method_config.get("device", "")).split(":")[0] not in ("cpu", "cuda"):
-        raise ConfigurationError(f"device must be 'cpu' or 'cuda', got {method_config.get('device')!r}")
-    specs = [method_config[role] for role in REQUIRED_COMPONENTS + OPERATION_COMPONENTS if method_config.get(role)]
-    for spec in [*specs, *(method_config.get("objectives") or [])]:
-        if not isinstance(spec, Mapping) or "path" not in spec:
-            raise ConfigurationError(f"a component must be a mapping with a 'path' and optional 'kwargs', got {spec!r}")
-        import_object(spec["path"])
+    with policy.enforced():
+        method = import_object(method_fn)
+        if not callable(method):
+            raise ConfigurationError(f"method_fn '{method_fn}' is not callable")
+        if method_fn != "mei.methods.gradient_ascent":
+            return
+        if not isinstance(method_config, Mapping):
+            raise ConfigurationError(f"the method config must be a dict, got {type(method_config).__name__}")
+        MethodConfig.parse({**method_config, "device": "cpu"})
+        if str(method_config.get("device", "")).split(":")[0] not in ("cpu", "cuda"):
+            raise ConfigurationError(f"device must be 'cpu' or 'cuda', got {method_config.get('device')!r}")
+        roles = [role for role in REQUIRED_COMPONENTS + OPERATION_COMPONENTS if method_config.get(role)]
+        for spec in [*(method_config[role] for role in roles), *(method_config.get("objectives") or [])]:
+            if not isinstance(spec, Mapping) or "path" not in spec:
+                raise ConfigurationError(
+                    f"a component must be a mapping with a 'path' and optional 'kwargs', got {spec!r}"
+                )
+            import_object(spec["path"])
+        build_component("stopper", method_config["stopper"])

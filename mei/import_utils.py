@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
+from . import policy
 from .errors import ConfigurationError
 
 
@@ -21,10 +22,18 @@ def split_module_name(abs_class_name: str) -> tuple[str, str]:
 
 
 def import_object(path: str) -> Any:
-    """Import the object that the absolute dotted ``path`` names."""
+    """Import the object that the absolute dotted ``path`` names.
+
+    While ``policy.enforced()`` is active (a path from a row or a message), the module is checked against the
+    allow-list before it is imported, and the object's own module after.
+    """
     if not isinstance(path, str):
         raise ConfigurationError(f"a path must be a string such as 'mei.initial.RandomNormal', got {path!r}")
     module_name, object_name = split_module_name(path)
+    if policy.is_enforced():
+        if not all(part.isidentifier() for part in path.split(".")):
+            raise policy.NotAllowedError(f"'{path}' is not allowed: it is not a dotted path of Python names")
+        policy.check_module(path, module_name)
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as error:
@@ -34,11 +43,14 @@ def import_object(path: str) -> Any:
             f"Module in '{path}' not found: no module named '{error.name}' is importable here"
         ) from error
     try:
-        return getattr(module, object_name)
+        found = getattr(module, object_name)
     except AttributeError as error:
         raise ConfigurationError(
             f"Object in '{path}' not found: module '{module_name}' has no '{object_name}'"
         ) from error
+    if policy.is_enforced():
+        policy.check_object(path, found)
+    return found
 
 
 def build_component(role: str, spec: Mapping[str, Any], **extra_kwargs: Any) -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 import datajoint as dj
 from torch import Tensor, nn
 
-from . import codecs  # noqa: F401 - registers <torch>
+from . import codecs, policy  # noqa: F401 - codecs registers <torch>
 from .batching import generate_many
 from .config import validate_method
 from .database import ActivatesSchema, LazySchema, PartsPerSubclass, store_name
@@ -57,7 +57,8 @@ class MEIMethod(ActivatesSchema, dj.Lookup):
     def generate_mei(self, dataloaders: Any, model: nn.Module, key: Mapping[str, Any], seed: int) -> dict:
         """Runs the method of ``key`` and returns the row to insert: the key with ``mei``, ``score``, ``output``."""
         method_fn, method_config = (self & key).fetch1("method_fn", "method_config")
-        mei, score, output = import_object(method_fn)(dataloaders, model, method_config, seed)
+        with policy.enforced():
+            mei, score, output = import_object(method_fn)(dataloaders, model, method_config, seed)
         return dict(key, mei=mei, score=float(score), output=output)
 
 
@@ -161,8 +162,9 @@ class MEITemplate(dj.Computed):
         return ((self.seed_table & key).fetch1("mei_seed"),)
 
     def make_compute(self, key: dict, seed: int) -> tuple[Tensor, float, Any]:
-        dataloaders, model = self.load_model(key)
-        row = self.method_table().generate_mei(dataloaders, self.objective_model(model, key), key, seed)
+        with policy.enforced():
+            dataloaders, model = self.load_model(key)
+            row = self.method_table().generate_mei(dataloaders, self.objective_model(model, key), key, seed)
         return row["mei"], row["score"], row["output"]
 
     def make_compute_many(
@@ -178,8 +180,13 @@ class MEITemplate(dj.Computed):
         failed (the others go on). ``fetched[i]`` is what ``make_fetch(keys[i])`` returned. Exceptions of the
         types in ``interrupts`` propagate. A table that overrides ``make_fetch`` or ``make_compute``, or whose
         method table overrides ``generate_mei``, is computed key by key through its ``make_compute``, as
-        ``populate()`` would.
+        ``populate()`` would. Paths in rows are checked against ``mei.policy``'s allow-list.
         """
+        return policy.enforced_steps(self._compute_many(keys, fetched, interrupts))
+
+    def _compute_many(
+        self, keys: Sequence[dict], fetched: Sequence[tuple], interrupts: tuple[type[BaseException], ...]
+    ) -> Iterator[tuple[int, tuple[Tensor, float, Any] | Exception]]:
         if not self._generates_as_template():
             for index, key in enumerate(keys):
                 try:

@@ -6,6 +6,7 @@ import math
 from abc import ABC, abstractmethod
 from typing import Any
 
+from . import policy
 from .domain import State
 
 
@@ -33,7 +34,7 @@ class NumIterations(OptimizationStopper):
     """
 
     def __init__(self, num_iterations: int) -> None:
-        self.num_iterations = _positive_int("num_iterations", num_iterations, minimum=0)
+        self.num_iterations = policy.bounded("iterations", _positive_int("num_iterations", num_iterations, minimum=0))
 
     def __call__(self, current_state: State) -> tuple[bool, None]:
         return current_state.i_iter >= self.num_iterations, None
@@ -49,7 +50,7 @@ class EarlyStopping(OptimizationStopper):
     def __init__(self, patience: int = 20, min_iter: int = 0, max_iter: int = 1000, min_delta: float = 0.0) -> None:
         self.patience = _positive_int("patience", patience)
         self.min_iter = _positive_int("min_iter", min_iter, minimum=0)
-        self.max_iter = _positive_int("max_iter", max_iter, minimum=0)
+        self.max_iter = policy.bounded("iterations", _positive_int("max_iter", max_iter, minimum=0))
         if self.min_iter > self.max_iter:
             raise ValueError(f"min_iter ({min_iter}) must not exceed max_iter ({max_iter})")
         self.min_delta = float(min_delta)

@@ -56,7 +56,8 @@ def create_app(settings: Settings | None = None) -> Celery:
         result_expires=settings.result_expires,
         result_extended=True,
     )
-    app.conf.mei_settings = settings
+    # Kept beside the configuration, not in it: `celery inspect conf` and Flower show everything in app.conf.
+    app.mei_settings = settings
     return app
 
 

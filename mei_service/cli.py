@@ -5,15 +5,16 @@
     mei-service scheduler [TABLE ...] [--interval S]
     mei-service worker [--gpus 0,1 | --processes N] [--queues Q]
     mei-service status TABLE [--restriction R]
-    mei-service cancel TABLE [--restriction R]
-    mei-service retry TABLE [--restriction R]
+    mei-service cancel TABLE (--restriction R | --where SQL | --all)
+    mei-service retry TABLE (--restriction R | --where SQL | --all)
     mei-service flower [--port P] [--local]
     mei-service health [--database] [--worker] [--url URL]
     mei-service demo
 
 TABLE is the dotted import path of an MEI table (``mei_service.demo.pipeline.MEI``); ``init`` and
-``scheduler`` default to ``MEI_SERVICE_TABLES``. R is a key as JSON (``'{"mei_seed": 42}'``) or a SQL
-condition (``"neuron_id < 10"``).
+``scheduler`` default to ``MEI_SERVICE_TABLES``. R is a key as JSON (``'{"mei_seed": 42}'``), a list value
+meaning any of them (``'{"neuron_id": [1, 2]}'``), or a list of keys; its names must be attributes of the
+table's keys. A SQL condition goes in ``--where`` (``"neuron_id < 10"``); given both, keys must meet both.
 """
 
 from __future__ import annotations
@@ -26,18 +27,24 @@ from typing import Any
 
 
 def _table(path: str) -> Any:
-    from mei_service.app import app
     from mei_service.tables import resolve_table
 
-    return resolve_table(path, app.conf.mei_settings)
+    return resolve_table(path)
+
+
+def _table_and_restriction(args: argparse.Namespace) -> tuple[Any, str | None]:
+    from mei_service.restrictions import from_command_line
+
+    table = _table(args.table)
+    return table, from_command_line(table, args.restriction, args.where)
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     from mei_service.app import app
-    from mei_service.client import Submission, as_restriction
+    from mei_service.client import Submission
     from mei_service.scheduler import enqueue
 
-    table, restriction = _table(args.table), as_restriction(args.restriction)
+    table, restriction = _table_and_restriction(args)
     sent = enqueue(app, table, restriction, priority=args.priority, batch_size=args.batch_size, queue=args.queue)
     print(f"queued {len(sent.keys)} keys in {len(sent.batches)} tasks ({sent.seconds:.2f} s)")
     if args.wait and sent.batches:
@@ -64,37 +71,38 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_scheduler(args: argparse.Namespace) -> int:
     from mei_service.app import app
-    from mei_service.client import as_restriction
     from mei_service.scheduler import run_daemon
 
     paths, tables = _tables(args.tables)
     print(f"scheduling {', '.join(paths)} every {args.interval} s")
-    run_daemon(app, tables, as_restriction(args.restriction), interval=args.interval, batch_size=args.batch_size)
+    run_daemon(app, tables, interval=args.interval, batch_size=args.batch_size)
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from mei_service.client import as_restriction, status
+    from mei_service.client import status
 
-    table, restriction = _table(args.table), as_restriction(args.restriction)
+    table, restriction = _table_and_restriction(args)
     print(status(table & restriction if restriction is not None else table, latest_errors=args.errors))
     return 0
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
     from mei_service.app import app
-    from mei_service.client import as_restriction, cancel
+    from mei_service.client import cancel
 
-    task_ids = cancel(app, _table(args.table), as_restriction(args.restriction))
+    table, restriction = _table_and_restriction(args)
+    task_ids = cancel(app, table, restriction, all=args.all)
     print(f"cancelled {len(task_ids)} tasks")
     return 0
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     from mei_service.app import app
-    from mei_service.client import as_restriction, retry
+    from mei_service.client import retry
 
-    sent = retry(app, _table(args.table), as_restriction(args.restriction))
+    table, restriction = _table_and_restriction(args)
+    sent = retry(app, table, restriction, all=args.all)
     print(f"queued {len(sent.keys)} keys again in {len(sent.batches)} tasks")
     return 0
 
@@ -109,6 +117,13 @@ def cmd_flower(args: argparse.Namespace) -> int:
     from mei_service.settings import Settings
 
     settings = Settings.from_env()
+    if not settings.flower_basic_auth:
+        print(
+            "refusing to start Flower without authentication: set MEI_SERVICE_FLOWER_BASIC_AUTH=user:password "
+            "(Flower's API can shut workers down and revoke tasks)",
+            file=sys.stderr,
+        )
+        return 2
     command = [
         sys.executable,
         "-m",
@@ -120,17 +135,10 @@ def cmd_flower(args: argparse.Namespace) -> int:
     ]
     if args.local:
         command.append("--address=127.0.0.1")
-        os.environ["FLOWER_UNAUTHENTICATED_API"] = "true"
-    elif settings.flower_basic_auth:
-        # Flower reads the credentials from its environment, so they never appear in the process list.
-        os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
-    else:
-        print(
-            "refusing to start Flower without authentication: set MEI_SERVICE_FLOWER_BASIC_AUTH=user:password, "
-            "or pass --local to serve on 127.0.0.1 only",
-            file=sys.stderr,
-        )
-        return 2
+    # With credentials set, Flower also refuses cross-site requests; an open API would answer any web page.
+    os.environ.pop("FLOWER_UNAUTHENTICATED_API", None)
+    # Flower reads the credentials from its environment, so they never appear in the process list.
+    os.environ["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth
     os.execv(sys.executable, command)
     return 1
 
@@ -165,13 +173,17 @@ def parser() -> argparse.ArgumentParser:
     )
     commands = root.add_subparsers(dest="command", required=True)
 
-    def restricted(name: str, help: str, many: bool = False) -> argparse.ArgumentParser:
+    def restricted(name: str, help: str, whole_table_flag: bool = False) -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=help, description=help)
-        if many:
-            command.add_argument("tables", nargs="*", metavar="TABLE", help="dotted path of an MEI table")
-        else:
-            command.add_argument("table", metavar="TABLE", help="dotted path of an MEI table")
-        command.add_argument("--restriction", help="a key as JSON or a SQL condition")
+        command.add_argument("table", metavar="TABLE", help="dotted path of an MEI table")
+        command.add_argument(
+            "--restriction",
+            metavar="JSON",
+            help='keys as JSON: {"mei_seed": 42}, {"neuron_id": [1, 2]} or a list of such objects',
+        )
+        command.add_argument("--where", metavar="SQL", help='a SQL condition, such as "neuron_id < 100"')
+        if whole_table_flag:
+            command.add_argument("--all", action="store_true", help="act on the whole table (no restriction)")
         return command
 
     enqueue = restricted("enqueue", "queue the missing MEIs of a table once")
@@ -185,7 +197,9 @@ def parser() -> argparse.ArgumentParser:
     init.add_argument("tables", nargs="*", metavar="TABLE", help="dotted path of an MEI table")
     init.set_defaults(run=cmd_init)
 
-    daemon = restricted("scheduler", "keep tables topped up and give back the keys of dead workers", many=True)
+    scheduler_help = "keep tables topped up and give back the keys of dead workers"
+    daemon = commands.add_parser("scheduler", help=scheduler_help, description=scheduler_help)
+    daemon.add_argument("tables", nargs="*", metavar="TABLE", help="dotted path of an MEI table")
     daemon.add_argument("--interval", type=float, default=10.0, help="seconds between rounds (default 10)")
     daemon.add_argument("--batch-size", type=int)
     daemon.set_defaults(run=cmd_scheduler)
@@ -194,14 +208,14 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--errors", type=int, default=5, help="how many of the latest errors to show")
     status.set_defaults(run=cmd_status)
 
-    restricted("cancel", "withdraw queued keys and stop running ones").set_defaults(run=cmd_cancel)
-    restricted("retry", "queue failed keys again").set_defaults(run=cmd_retry)
+    restricted("cancel", "withdraw queued keys and stop running ones", True).set_defaults(run=cmd_cancel)
+    restricted("retry", "queue failed keys again", True).set_defaults(run=cmd_retry)
 
     worker = commands.add_parser("worker", help="start this host's workers (see --help)", add_help=False)
     worker.set_defaults(run=cmd_worker, passthrough=True)
     flower = commands.add_parser("flower", help="start Flower, the monitor, with basic authentication")
     flower.add_argument("--port", type=int)
-    flower.add_argument("--local", action="store_true", help="serve on 127.0.0.1 without authentication")
+    flower.add_argument("--local", action="store_true", help="serve on 127.0.0.1 only")
     flower.set_defaults(run=cmd_flower)
     health = commands.add_parser("health", help="exit 0 when the broker (and what is named) answers, else 1")
     health.add_argument("--database", action="store_true", help="also the database")
@@ -214,13 +228,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from mei.errors import ConfigurationError
+    from mei_service.restrictions import RestrictionError
+    from mei_service.settings import SettingsError
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args, extra = parser().parse_known_args(argv)
     if getattr(args, "passthrough", False):
         return args.run(args, extra)
     if extra:
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (ConfigurationError, RestrictionError, SettingsError) as error:
+        # What the user asked for cannot be done as asked: say what, not where in the code.
+        print(f"mei-service {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

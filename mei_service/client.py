@@ -10,7 +10,6 @@ status(MEI)             # done / queued / running / failed for the whole table
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +17,7 @@ import datajoint as dj
 from celery import Celery
 
 from mei_service import jobs, scheduler
+from mei_service.restrictions import RestrictionError
 from mei_service.tables import json_key, table_path
 
 
@@ -87,13 +87,23 @@ def status(query: Any, latest_errors: int = 5) -> Status:
     return Status(total=len(source), done=done, errors=recent, **counts)
 
 
-def cancel(app: Celery, table: Any, restriction: Any = None) -> set[str]:
+def _whole_table_guard(action: str, restriction: Any, all: bool) -> None:
+    if restriction is None and not all:
+        raise RestrictionError(
+            f"{action} of a whole table needs all=True (on the command line --all); "
+            "otherwise pass a restriction such as {'mei_seed': 42}"
+        )
+
+
+def cancel(app: Celery, table: Any, restriction: Any = None, *, all: bool = False) -> set[str]:
     """Withdraws the queued and running keys of ``table & restriction`` and stops the tasks that carry them.
 
     The keys become ``cancelled`` (``retry`` queues them again). A worker stores a key only while it holds its
     job, so no cancelled key is written, except one whose insert was already committing. Other keys of the
-    stopped tasks go back to the scheduler. Returns the ids of the stopped tasks.
+    stopped tasks go back to the scheduler. Without a restriction, ``all=True`` is needed. Returns the ids of
+    the stopped tasks.
     """
+    _whole_table_guard("cancelling", restriction, all)
     task_ids = jobs.withdraw(table, restriction)
     if task_ids:
         app.control.revoke(sorted(task_ids), terminate=True, signal="SIGKILL")
@@ -102,8 +112,10 @@ def cancel(app: Celery, table: Any, restriction: Any = None) -> set[str]:
     return task_ids
 
 
-def retry(app: Celery, table: Any, restriction: Any = None, **options: Any) -> scheduler.Enqueued:
-    """Forgets the failures and cancellations of ``table & restriction`` and queues those keys again."""
+def retry(app: Celery, table: Any, restriction: Any = None, *, all: bool = False, **options: Any) -> scheduler.Enqueued:
+    """Forgets the failures and cancellations of ``table & restriction`` and queues those keys again; without a
+    restriction, ``all=True`` is needed."""
+    _whole_table_guard("retrying", restriction, all)
     _, job_rows = jobs.restricted(table, restriction)
     (job_rows & "status = 'error' OR (status = 'ignore' AND error_message = 'cancelled')").delete_quick()
     return scheduler.enqueue(app, table, restriction, **options)
@@ -180,18 +192,3 @@ def enqueue(
     app = _app(app)
     sent = scheduler.enqueue(app, table, restriction, priority=priority, batch_size=batch_size, queue=queue)
     return Submission(table, restriction, sent, app)
-
-
-def as_restriction(value: str | None) -> Any:
-    """A restriction from the command line: JSON for a key (``{"mei_seed": 42}``), else a SQL condition."""
-    import json
-
-    if value is None:
-        return None
-    try:
-        parsed = json.loads(value)
-    except json.JSONDecodeError:
-        return value
-    if not isinstance(parsed, Mapping | list):
-        raise ValueError(f"a restriction must be a JSON object, a list of them, or SQL; got {value!r}")
-    return parsed

@@ -18,6 +18,7 @@ import platform
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from mei_service.restrictions import restriction as checked_restriction
 from mei_service.tables import json_key
 
 MARKER = "task:"
@@ -232,10 +233,9 @@ def withdraw(table: Any, restriction: Any = None) -> set[str]:
     """Cancels the queued and running service jobs matching ``restriction``: they become ``ignore`` with the
     message ``cancelled`` (so that neither the scheduler nor ``populate`` takes them up; ``retry`` does).
     Returns the ids of the tasks that carried them."""
+    _, selected = restricted(table, restriction)
     jobs = declared_jobs(table)
-    selected = jobs.proj()
-    if restriction is not None:
-        selected = selected.restrict(table().key_source & restriction, semantic_check=False)
+    selected = selected.proj()
     columns = jobs.primary_key
     matches = " AND ".join(f'j."{column}" = old."{column}"' for column in columns)
     rows = jobs.connection.query(
@@ -289,8 +289,9 @@ def failures(table: Any, keys: Sequence[Mapping[str, Any]]) -> list[tuple[dict, 
 
 
 def restricted(table: Any, restriction: Any = None) -> tuple[Any, Any]:
-    """The key source and the jobs of ``table`` restricted like ``table & restriction``."""
+    """The key source and the jobs of ``table`` restricted like ``table & restriction``; keys given as mappings
+    are checked and bound as parameters (``mei_service.restrictions``)."""
     source = table().key_source
     if restriction is not None:
-        source = source & restriction
+        source = source & checked_restriction(table, restriction)
     return source, declared_jobs(table).restrict(source.proj(), semantic_check=False)

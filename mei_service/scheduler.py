@@ -54,9 +54,7 @@ class Enqueued:
 def missing_keys(table: Any, restriction: Any = None) -> list[dict]:
     """Keys with neither a row nor a job, plus keys whose job is pending but not queued."""
     job_table = jobs.declared_jobs(table)
-    source = table().key_source
-    if restriction is not None:
-        source = source & restriction
+    source, _ = jobs.restricted(table, restriction)
     handled = job_table & "status != 'pending' OR version != ''"
     candidates = (source - table().proj()).restrict(dj.Not(handled), semantic_check=False)
     return json_keys(candidates.keys())
@@ -86,14 +84,15 @@ def enqueue(
     queue: str | None = None,
 ) -> Enqueued:
     """Queues the missing keys of ``table & restriction``; returns the batches sent."""
-    settings: Settings = app.conf.mei_settings
+    settings: Settings = app.mei_settings
     path = table_path(table)
-    resolve_table(path, settings)
+    resolve_table(path)
     priority = settings.default_priority if priority is None else priority
     if not 0 <= priority <= 9:
         raise ValueError(f"priority must be 0 (most urgent) to 9, got {priority}")
     start = time.perf_counter()
-    batches = group_into_batches(table, missing_keys(table, restriction), batch_size or settings.batch_size)
+    batch_size = settings.batch_size if batch_size is None else settings.check_batch_size(batch_size)
+    batches = group_into_batches(table, missing_keys(table, restriction), batch_size)
     owned = jobs.mark_queued(table, batches, priority)
     unsent = set(owned)
     try:
@@ -126,7 +125,7 @@ def recover(app: Celery, table: Any) -> list[dict]:
     worker that cannot run them: see the message), else given back (it ran out of retries on lost connections,
     or was revoked).
     """
-    settings: Settings = app.conf.mei_settings
+    settings: Settings = app.mei_settings
     client = redis.Redis.from_url(settings.broker_url)
     live = live_workers(client, settings.heartbeat_ttl)
     settled = jobs.repend_orphans(table, live, grace_seconds=settings.heartbeat_ttl)

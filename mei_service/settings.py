@@ -12,24 +12,36 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
+from kombu.utils.url import maybe_sanitize_url
+
 PREFIX = "MEI_SERVICE_"
+# The text of .env.example's placeholder secrets; a process that finds it in a secret refuses to start.
+PLACEHOLDER = "change-me"
+SECRET_VARIABLES = (
+    "DJ_PASS",
+    "DJ_STORES",
+    PREFIX + "BROKER_URL",
+    PREFIX + "RESULT_BACKEND",
+    PREFIX + "FLOWER_BASIC_AUTH",
+)
+# Variables that were renamed, and what to set instead.
+RENAMED = {PREFIX + "ALLOWED_MODULES": "MEI_ALLOWED_MODULES (read by the framework too: docs/configuration.md)"}
 
 
 class SettingsError(ValueError):
     """A setting is missing, malformed, or inconsistent with another."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     broker_url: str = "redis://127.0.0.1:6379/0"
     result_backend: str = "redis://127.0.0.1:6379/1"
-    # Dotted module prefixes whose MEI tables workers may import; a task naming anything else is refused.
-    allowed_modules: tuple[str, ...] = ("mei_service.demo",)
     # Dotted paths of the MEI tables that `mei-service init` declares and `mei-service scheduler` keeps topped up.
     tables: tuple[str, ...] = ()
     default_queue: str = "mei"
     default_priority: int = 5
     batch_size: int = 16
+    max_batch_size: int = 4096
     # Seconds before Redis hands an unacknowledged message to another worker; every limit below fits inside.
     visibility_timeout: int = 7200
     task_time_limit: int = 0  # 0: derived from the visibility timeout
@@ -46,6 +58,15 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ
+        for old, new in RENAMED.items():
+            if old in environ:
+                raise SettingsError(f"{old} is no longer read: set {new}")
+        placeholders = [name for name in SECRET_VARIABLES if PLACEHOLDER in environ.get(name, "")]
+        if placeholders:
+            raise SettingsError(
+                f"{', '.join(placeholders)} still hold the placeholder '{PLACEHOLDER}' of .env.example: "
+                "set real secrets (for example `python -c 'import secrets; print(secrets.token_urlsafe(24))'`)"
+            )
         values = {}
         for setting in fields(cls):
             raw = environ.get(PREFIX + setting.name.upper())
@@ -79,15 +100,59 @@ class Settings:
             raise SettingsError(
                 f"MEI_SERVICE_DEFAULT_PRIORITY must be 0 (most urgent) to 9, got {self.default_priority}"
             )
-        if self.batch_size < 1:
-            raise SettingsError(f"MEI_SERVICE_BATCH_SIZE must be at least 1, got {self.batch_size}")
-        if self.flower_basic_auth and ":" not in self.flower_basic_auth:
-            raise SettingsError("MEI_SERVICE_FLOWER_BASIC_AUTH must be 'user:password'")
+        if not 1 <= self.batch_size <= self.max_batch_size:
+            raise SettingsError(
+                f"MEI_SERVICE_BATCH_SIZE must be 1 to MEI_SERVICE_MAX_BATCH_SIZE={self.max_batch_size}, "
+                f"got {self.batch_size}"
+            )
+        if self.flower_basic_auth:
+            flower_credentials(self.flower_basic_auth)
+
+    def check_batch_size(self, batch_size: int) -> int:
+        """``batch_size`` if it is 1 to ``max_batch_size``, else ``SettingsError`` saying what is allowed."""
+        is_int = isinstance(batch_size, int) and not isinstance(batch_size, bool)
+        if not (is_int and 1 <= batch_size <= self.max_batch_size):
+            raise SettingsError(
+                f"a batch size must be an integer from 1 to {self.max_batch_size} keys per task, got {batch_size!r}; "
+                "MEI_SERVICE_MAX_BATCH_SIZE raises the limit"
+            )
+        return batch_size
+
+    def __repr__(self) -> str:
+        shown = {
+            setting.name: redacted(value) if isinstance(value, str) else value
+            for setting in fields(self)
+            if setting.repr
+            for value in [getattr(self, setting.name)]
+        }
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in shown.items())})"
 
     def replace(self, **changes: object) -> Settings:
         settings = dataclasses.replace(self, **changes)
         settings.check()
         return settings
+
+
+def redacted(url: str) -> str:
+    """``url`` with any password in it masked."""
+    return maybe_sanitize_url(url, mask="********")
+
+
+def flower_credentials(value: str) -> list[str]:
+    """The ``user:password`` pairs of ``MEI_SERVICE_FLOWER_BASIC_AUTH`` (comma-separated), each checked.
+
+    Flower splits the value at commas and compares each part with the whole decoded header, so an empty part
+    or one without a password would let in a request that sends just that.
+    """
+    pairs = value.split(",")
+    for pair in pairs:
+        user, colon, password = pair.partition(":")
+        if not (user and colon and password) or pair != pair.strip():
+            raise SettingsError(
+                "MEI_SERVICE_FLOWER_BASIC_AUTH must be 'user:password' (several joined by commas), each with a "
+                "user name and a password, no spaces around them and no comma inside a password"
+            )
+    return pairs
 
 
 def _parse(setting: dataclasses.Field, raw: str) -> object:

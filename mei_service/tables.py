@@ -7,12 +7,8 @@ from typing import Any
 
 import datajoint as dj
 
+from mei import policy
 from mei.import_utils import import_object, split_module_name
-from mei_service.settings import Settings
-
-
-class TableNotAllowedError(PermissionError):
-    """The task names a table outside the configured allow-list."""
 
 
 def table_path(table: Any) -> str:
@@ -21,15 +17,18 @@ def table_path(table: Any) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def resolve_table(path: str, settings: Settings) -> Any:
-    """Imports the table class at ``path`` if its module is allowed; nothing outside the allow-list is imported."""
+def resolve_table(path: str) -> Any:
+    """Imports the MEI table class at ``path``, a path that a message or a command names.
+
+    Tables are lab code: the module must lie under a prefix of ``MEI_ALLOWED_MODULES`` (the framework's own
+    component modules do not count), checked before anything is imported, as every path is (``mei.policy``).
+    """
+    if not isinstance(path, str):
+        raise policy.NotAllowedError(f"a table path must be a string, got {path!r}")
     module, _ = split_module_name(path)
-    if not any(module == prefix or module.startswith(prefix + ".") for prefix in settings.allowed_modules):
-        raise TableNotAllowedError(
-            f"table '{path}' is not in an allowed module; add its module prefix to MEI_SERVICE_ALLOWED_MODULES "
-            f"(now {','.join(settings.allowed_modules) or 'empty'})"
-        )
-    table = import_object(path)
+    policy.check_module(path, module, policy.lab_modules())
+    with policy.enforced():
+        table = import_object(path)
     if not (isinstance(table, type) and issubclass(table, dj.Computed) and hasattr(table, "make_compute_many")):
         raise TypeError(f"'{path}' is not an MEI table (a subclass of mei.main.MEITemplate)")
     return table

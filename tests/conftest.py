@@ -22,7 +22,7 @@ os.environ.update(
     MEI_TEST_SEED_SCHEMA=f"{SCHEMA_PREFIX}_seedservice",
     # The service: a queue of this run's own, short heartbeats and progress intervals so that tests are quick.
     MEI_SERVICE_DEFAULT_QUEUE=f"{SCHEMA_PREFIX}",
-    MEI_SERVICE_ALLOWED_MODULES="mei_service.demo,seed_pipeline",
+    MEI_ALLOWED_MODULES="mei_service.demo.builders,mei_service.demo.pipeline,seed_pipeline,mymodule",
     MEI_SERVICE_HEARTBEAT_INTERVAL="1",
     MEI_SERVICE_HEARTBEAT_TTL="4",
     MEI_SERVICE_PROGRESS_INTERVAL="0.3",

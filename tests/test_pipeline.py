@@ -114,9 +114,9 @@ class TestEnsembles:
 
 class TestMethods:
     def test_add_method_validates_before_inserting(self, database, clean_framework_tables):
-        with pytest.raises(ConfigurationError, match=r"Module in 'mei\.nothing\.Here' not found"):
+        with pytest.raises(ConfigurationError, match=r"Module in 'mymodule\.nothing\.Here' not found"):
             MEIMethod().add_method(
-                "mei.methods.gradient_ascent", experiment.quick_method(initial={"path": "mei.nothing.Here"})
+                "mei.methods.gradient_ascent", experiment.quick_method(initial={"path": "mymodule.nothing.Here"})
             )
         with pytest.raises(ConfigurationError, match=r"Object in 'mei\.methods\.ascent' not found"):
             MEIMethod().add_method("mei.methods.ascent", experiment.quick_method())

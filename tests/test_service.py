@@ -15,11 +15,11 @@ import torch
 from service import Flower, Workers, wait_for
 
 from mei.main import MEIMethod, MEISeed
+from mei.policy import NotAllowedError
 from mei_service import client, enqueue, status
 from mei_service.app import TASK_NAME, app
 from mei_service.demo.pipeline import MEI, Objective
 from mei_service.settings import Settings, SettingsError
-from mei_service.tables import TableNotAllowedError
 
 
 @pytest.fixture(scope="module")
@@ -208,10 +208,10 @@ def test_tables_outside_the_allow_list_are_refused_before_import(trained, worker
     marker = tmp_path / "imported"
     module = tmp_path / "rogue_tables.py"
     module.write_text(f"open({str(marker)!r}, 'w').close()\nMEI = None\n")
-    with pytest.raises(TableNotAllowedError, match="MEI_SERVICE_ALLOWED_MODULES"):
+    with pytest.raises(NotAllowedError, match="MEI_ALLOWED_MODULES"):
         client.enqueue(type("MEI", (MEI,), {"__module__": "rogue_tables"}))
     result = app.send_task(TASK_NAME, args=["rogue_tables.MEI", []], queue=app.conf.task_default_queue)
-    with pytest.raises(Exception, match="not in an allowed module"):
+    with pytest.raises(Exception, match="outside the allow-list"):
         result.get(timeout=60)
     assert not marker.exists()
 

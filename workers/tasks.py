@@ -7,6 +7,7 @@ import logging
 from celery import Task
 from celery.signals import worker_process_init, worker_process_shutdown
 
+from mei import policy
 from mei_service.app import TASK_NAME, app
 from mei_service.failures import is_transient, reconnect_database
 from mei_service.settings import Settings
@@ -16,7 +17,7 @@ from workers.heartbeat import Heartbeat
 from workers.progress import BatchProgress
 
 logger = logging.getLogger(__name__)
-settings: Settings = app.conf.mei_settings
+settings: Settings = app.mei_settings
 heartbeat: Heartbeat | None = None
 
 
@@ -44,7 +45,9 @@ def generate(self: Task, table: str, keys: list[dict]) -> dict[str, int]:
     """Generates the MEIs of ``keys`` (one trained model, one method) in the MEI table at dotted path ``table``."""
     progress = BatchProgress(self, total=len(keys), interval=settings.progress_interval)
     try:
-        result = run_batch(resolve_table(table, settings), keys, self.request.id, progress)
+        # Everything a message or the rows it points at name is checked against the allow-list.
+        with policy.enforced():
+            result = run_batch(resolve_table(table), keys, self.request.id, progress)
     except Exception as error:
         if not is_transient(error):
             raise

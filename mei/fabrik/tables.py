@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import datajoint as dj
 from torch import nn
 
-from .. import codecs  # noqa: F401 - registers <torch>
+from .. import codecs, policy  # noqa: F401 - codecs registers <torch>
 from ..database import ActivatesSchema, LazySchema, PartsPerSubclass, store_name
 from ..errors import ConfigurationError
 from ..hashing import make_hash
@@ -61,7 +61,9 @@ class BuilderTable(ActivatesSchema, dj.Manual):
         self, fn: str, config: Mapping[str, Any], fabrikant: str | None, comment: str, skip_duplicates: bool
     ) -> dict[str, str]:
         kind = self.kind
-        if not callable(import_object(fn)):
+        with policy.enforced():
+            function = import_object(fn)
+        if not callable(function):
             raise ConfigurationError(f"{kind}_fn '{fn}' is not callable")
         if fabrikant is None:
             fabrikant = _default_fabrikant(kind)
@@ -161,11 +163,12 @@ class TrainedModelBase(PartsPerSubclass, dj.Computed):
 
     def make_compute(self, key: dict, seed: int) -> tuple:
         dataloaders, model = self.load_model(key, include_state_dict=False)
-        trainer = self.trainer_table().fn_config(key)
         start = time.perf_counter()
-        score, output, model_state = builder.get_trainer(*trainer)(
-            model=model, dataloaders=dataloaders, seed=seed, uid=dict(key), cb=None
-        )
+        with policy.enforced():
+            trainer = builder.get_trainer(*self.trainer_table().fn_config(key))
+            score, output, model_state = trainer(
+                model=model, dataloaders=dataloaders, seed=seed, uid=dict(key), cb=None
+            )
         comment = f"trained in {time.perf_counter() - start:.1f} s"
         return float(score), output, model_state, comment
 
@@ -183,8 +186,9 @@ class TrainedModelBase(PartsPerSubclass, dj.Computed):
         """
         key = dict(key or {})
         seed = (self.seed_table & key).fetch1("seed")
-        dataloaders = self.dataset_table().build(key, seed=seed)
-        model = self.model_table().build(key, dataloaders=dataloaders, seed=seed)
+        with policy.enforced():
+            dataloaders = self.dataset_table().build(key, seed=seed)
+            model = self.model_table().build(key, dataloaders=dataloaders, seed=seed)
         if include_state_dict:
             model.load_state_dict((self.ModelStorage & key).fetch1("model_state"))
         return dataloaders, model
