@@ -1,8 +1,9 @@
 """Reading docker-compose.yml and .env.example as Docker Compose does, to run the stack's services locally.
 
 No Docker engine runs on these machines. The services built from this repository's image run here as local
-processes with their service's command and environment; service host names become 127.0.0.1 and container
-ports become the ports the services are published on.
+processes with their service's command and environment; service host names become 127.0.0.1, container
+ports become the ports the services are published on, and files mounted from the repository (``./deploy/...``)
+are read where they are.
 """
 
 from __future__ import annotations
@@ -108,14 +109,15 @@ class LocalStack:
         return ports
 
     def localize(self, value: str, variable: str = "") -> str:
-        """``service:port`` becomes ``127.0.0.1:published port``, a ``*_HOST`` naming a service 127.0.0.1, and a
-        mounted container folder a folder under ``volumes``."""
+        """``service:port`` becomes ``127.0.0.1:published port``, a ``*_HOST`` naming a service 127.0.0.1, a
+        mounted container folder a folder under ``volumes``, and one bound from the repository that folder."""
         if variable.endswith("_HOST") and value in self.services:
             return "127.0.0.1"
         for service in self.services.values():
             for volume in service.get("volumes", []):
-                mounted = volume.split(":")[1]
-                value = value.replace(mounted, str(self.volumes / Path(mounted).name))
+                source, mounted = volume.split(":")[:2]
+                here = ROOT / source if source.startswith("./") else self.volumes / Path(mounted).name
+                value = value.replace(mounted, str(here))
         for name, ports in self.published.items():
             for container, published in ports.items():
                 value = re.sub(rf"(?<![\w.-]){re.escape(name)}:{container}\b", f"127.0.0.1:{published}", value)
@@ -126,12 +128,18 @@ class LocalStack:
         return {name: self.localize(str(value), name) for name, value in environment.items()}
 
     def command(self, service: str) -> list[str]:
-        return [self.localize(part) for part in self.services[service]["command"]]
+        return [self.localize(part) for part in self.services[service].get("command", [])]
+
+    def argv(self, service: str) -> list[str]:
+        """What the container runs: its entrypoint, if the service sets one, followed by its command."""
+        entrypoint = self.services[service].get("entrypoint", [])
+        return [self.localize(part) for part in entrypoint] + self.command(service)
 
     def healthcheck(self, service: str) -> list[str]:
         kind, *command = self.services[service]["healthcheck"]["test"]
-        assert kind == "CMD", f"{service}: local runs know only CMD health checks, not {kind}"
-        return [self.localize(part) for part in command]
+        assert kind in ("CMD", "CMD-SHELL"), f"{service}: local runs know CMD and CMD-SHELL health checks, not {kind}"
+        command = [self.localize(part) for part in command]
+        return ["sh", "-c", *command] if kind == "CMD-SHELL" else command
 
     def built_here(self) -> list[str]:
         """Services whose image is built from this repository."""
