@@ -85,7 +85,8 @@ def measure_enqueue(app, restriction: dict) -> dict:
     import redis
 
     from bench.pipeline import MEI
-    from mei_service.scheduler import enqueue, missing_keys
+    from mei_service.jobs import missing_keys
+    from mei_service.scheduler import enqueue
 
     start = time.perf_counter()
     found = len(missing_keys(MEI, restriction))

@@ -62,10 +62,13 @@ def _tables(paths: list[str]) -> tuple[list[str], list[Any]]:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
+    from mei_service.jobs import declared_jobs
+
     paths, tables = _tables(args.tables)
     for path, table in zip(paths, tables, strict=True):
-        # Instantiating a table declares it and every table it depends on, each in its schema.
-        print(f"declared {path} as {table().full_table_name}")
+        # Instantiating a table declares it and every table it depends on, each in its schema; its jobs table
+        # too, so that lab members, who may not create tables, can enqueue at once.
+        print(f"declared {path} as {table().full_table_name} with {declared_jobs(table).full_table_name}")
     return 0
 
 

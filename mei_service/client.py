@@ -49,6 +49,7 @@ class Status:
     running: int = 0
     failed: int = 0
     cancelled: int = 0
+    ignored: int = 0
     errors: list[tuple[dict, str]] = field(default_factory=list)
 
     @property
@@ -58,12 +59,12 @@ class Status:
 
     @property
     def not_queued(self) -> int:
-        return self.total - self.done - self.queued - self.running - self.failed - self.cancelled
+        return self.total - self.done - self.queued - self.running - self.failed - self.cancelled - self.ignored
 
     def __str__(self) -> str:
         lines = [
             f"total {self.total}: done {self.done}, queued {self.queued}, running {self.running}, "
-            f"failed {self.failed}, cancelled {self.cancelled}, not queued {self.not_queued}"
+            f"failed {self.failed}, cancelled {self.cancelled}, ignored {self.ignored}, not queued {self.not_queued}"
         ]
         lines += [f"  failed {key}: {message}" for key, message in self.errors]
         return "\n".join(lines)
@@ -71,20 +72,18 @@ class Status:
 
 def errors(table: Any, restriction: Any = None, limit: int | None = None) -> list[tuple[dict, str, str]]:
     """``(key, message, traceback)`` of the failed keys, latest first."""
-    _, job_rows = jobs.restricted(table, restriction)
-    rows = (job_rows & "status = 'error'").to_dicts(order_by="completed_time DESC", limit=limit)
-    primary_key = job_rows.primary_key
+    rows = jobs.failed_rows(table, restriction, limit)
+    primary_key = jobs.declared_jobs(table).primary_key
     return [(json_key({k: row[k] for k in primary_key}), row["error_message"], row["error_stack"]) for row in rows]
 
 
 def status(query: Any, latest_errors: int = 5) -> Status:
     """Counts of done, queued, running and failed keys of a table or a restriction of it."""
     table, restriction = split_query(query)
-    source, job_rows = jobs.restricted(table, restriction)
-    counts = {state: len(job_rows & sql) for state, sql in jobs.STATE_CONDITIONS.items()}
-    done = len(table() & source.proj())
+    source, _ = jobs.restricted(table, restriction)
+    counts = jobs.count_restricted(table, restriction)
     recent = [(key, message) for key, message, _ in errors(table, restriction, limit=latest_errors)]
-    return Status(total=len(source), done=done, errors=recent, **counts)
+    return Status(total=len(source), errors=recent, **counts)
 
 
 def _whole_table_guard(action: str, restriction: Any, all: bool) -> None:
@@ -116,8 +115,7 @@ def retry(app: Celery, table: Any, restriction: Any = None, *, all: bool = False
     """Forgets the failures and cancellations of ``table & restriction`` and queues those keys again; without a
     restriction, ``all=True`` is needed."""
     _whole_table_guard("retrying", restriction, all)
-    _, job_rows = jobs.restricted(table, restriction)
-    (job_rows & "status = 'error' OR (status = 'ignore' AND error_message = 'cancelled')").delete_quick()
+    jobs.forget(table, restriction, (jobs.KeyState.FAILED, jobs.KeyState.CANCELLED))
     return scheduler.enqueue(app, table, restriction, **options)
 
 

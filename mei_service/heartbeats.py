@@ -1,6 +1,8 @@
-"""Worker liveness: each worker process records a heartbeat in Redis; the scheduler reads them.
+"""Worker liveness for health checks: each worker process records a heartbeat in Redis.
 
-A worker is named ``host:pid``, as DataJoint's jobs table records who reserved a key.
+A worker is named ``host:pid``, as DataJoint's jobs table records who reserved a key. Which keys a live
+worker holds is not judged from these (they vanish with the broker) but from the leases in the jobs table
+(``mei_service.jobs.renew_leases``).
 """
 
 from __future__ import annotations

@@ -17,16 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import datajoint as dj
 import redis
 from celery import Celery
 
 from mei_service import jobs
 from mei_service.app import TASK_NAME
+from mei_service.broker import waiting_task_ids
 from mei_service.failures import is_transient, reconnect_database
-from mei_service.heartbeats import live_workers
 from mei_service.settings import Settings
-from mei_service.tables import json_keys, resolve_table, table_path
+from mei_service.tables import resolve_table, table_path
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +48,6 @@ class Enqueued:
     @property
     def keys(self) -> list[dict]:
         return [key for batch in self.batches for key in batch.keys]
-
-
-def missing_keys(table: Any, restriction: Any = None) -> list[dict]:
-    """Keys with neither a row nor a job, plus keys whose job is pending but not queued."""
-    job_table = jobs.declared_jobs(table)
-    source, _ = jobs.restricted(table, restriction)
-    handled = job_table & "status != 'pending' OR version != ''"
-    candidates = (source - table().proj()).restrict(dj.Not(handled), semantic_check=False)
-    return json_keys(candidates.keys())
 
 
 def group_into_batches(table: Any, keys: Sequence[dict], batch_size: int) -> dict[str, list[dict]]:
@@ -92,7 +82,7 @@ def enqueue(
         raise ValueError(f"priority must be 0 (most urgent) to 9, got {priority}")
     start = time.perf_counter()
     batch_size = settings.batch_size if batch_size is None else settings.check_batch_size(batch_size)
-    batches = group_into_batches(table, missing_keys(table, restriction), batch_size)
+    batches = group_into_batches(table, jobs.missing_keys(table, restriction), batch_size)
     owned = jobs.mark_queued(table, batches, priority)
     unsent = set(owned)
     try:
@@ -118,19 +108,30 @@ FINISHED = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 
 
 def recover(app: Celery, table: Any) -> list[dict]:
-    """Settles keys that no live task will finish; the next enqueue queues those given back.
+    """Brings the jobs table and the broker back in line: every key queued or running is either held by a live
+    worker, or waiting on the broker, or is given back here for the next enqueue to send again.
 
-    Keys reserved by workers that stopped beating (a dead GPU node) are given back. Keys still queued or
-    reserved under a task that has finished are failed with the task's error if it failed permanently (a
-    worker that cannot run them: see the message), else given back (it ran out of retries on lost connections,
-    or was revoked).
+    - Running keys whose worker stopped renewing their lease (``MEI_SERVICE_HEARTBEAT_TTL``) are given back:
+      the lease is in the database, so it survives a broker that was emptied.
+    - Queued keys whose message is not waiting in a queue of the broker and that no worker claimed within
+      ``MEI_SERVICE_CLAIM_TIMEOUT`` are given back: the message was lost (a broker restarted empty or flushed,
+      an enqueuing process killed between recording and sending) or delivered to a worker that died.
+    - Keys left by a task that finished are failed with the task's error if it failed permanently, else given
+      back (it ran out of retries on lost connections, or was revoked).
+
+    Nothing waits for the broker's visibility timeout. A late copy of a message finds its keys claimed by
+    another task, or done, and writes nothing.
     """
     settings: Settings = app.mei_settings
-    client = redis.Redis.from_url(settings.broker_url)
-    live = live_workers(client, settings.heartbeat_ttl)
-    settled = jobs.repend_orphans(table, live, grace_seconds=settings.heartbeat_ttl)
+    path = table_path(table)
+    settled = jobs.expire_leases(table, settings.heartbeat_ttl)
     if settled:
-        logger.warning("gave back %d keys of %s reserved by workers that stopped", len(settled), table_path(table))
+        logger.warning("gave back %d keys of %s whose workers stopped renewing their lease", len(settled), path)
+    waiting = waiting_task_ids(redis.Redis.from_url(settings.broker_url))
+    lost = jobs.requeue_lost(table, waiting, settings.claim_timeout)
+    if lost:
+        logger.warning("gave back %d keys of %s whose messages are no longer on the broker", len(lost), path)
+    settled += lost
     for task_id in jobs.tasks_in_flight(table):
         result = app.AsyncResult(task_id)
         if result.state not in FINISHED:

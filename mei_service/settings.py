@@ -50,6 +50,8 @@ class Settings:
     result_expires: int = 7 * 24 * 3600
     heartbeat_interval: float = 5.0
     heartbeat_ttl: float = 30.0
+    # Seconds a queued key may go unclaimed while its message is not waiting on the broker.
+    claim_timeout: float = 20.0
     soft_shutdown_timeout: float = 30.0
     progress_interval: float = 2.0
     flower_basic_auth: str = field(default="", repr=False)

@@ -20,9 +20,10 @@ os.environ.update(
     MEI_STORE="mei",
     MEI_STORE_LOCATION=STORE_LOCATION,
     MEI_TEST_SEED_SCHEMA=f"{SCHEMA_PREFIX}_seedservice",
+    MEI_TEST_LAB_SCHEMA=f"{SCHEMA_PREFIX}_labtables",
     # The service: a queue of this run's own, short heartbeats and progress intervals so that tests are quick.
     MEI_SERVICE_DEFAULT_QUEUE=f"{SCHEMA_PREFIX}",
-    MEI_ALLOWED_MODULES="mei_service.demo.builders,mei_service.demo.pipeline,seed_pipeline,mymodule",
+    MEI_ALLOWED_MODULES="mei_service.demo.builders,mei_service.demo.pipeline,seed_pipeline,lab_tables,mymodule",
     MEI_SERVICE_HEARTBEAT_INTERVAL="1",
     MEI_SERVICE_HEARTBEAT_TTL="4",
     MEI_SERVICE_PROGRESS_INTERVAL="0.3",

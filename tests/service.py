@@ -76,6 +76,12 @@ class Flower(Process):
     def get(self, path: str, auth: tuple[str, str] | None) -> requests.Response:
         return requests.get(self.url + path, auth=auth, timeout=10)
 
+    def answers(self, auth: tuple[str, str]) -> bool:
+        try:
+            return self.get("/api/workers", auth).status_code == 200
+        except OSError:
+            return False
+
 
 class DisposablePostgres:
     """A PostgreSQL server of our own on another port, to stop and start; owned by the postgres user."""

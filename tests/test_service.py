@@ -109,6 +109,40 @@ def test_enqueueing_the_same_keys_twice_at_once_sends_each_key_once(trained, wor
     assert enqueue(MEI & trained["ensemble"]).keys == []
 
 
+def test_a_lab_table_whose_make_fetch_returns_arrays_is_stored_as_populate_would(
+    trained, workers, clean_framework_tables
+):
+    from lab_tables import ArrayInputsMEI
+
+    add_method()
+    MEISeed().insert1({"mei_seed": 1})
+    final = enqueue(ArrayInputsMEI & trained["ensemble"]).wait(timeout=120)
+    assert (final.done, final.failed) == (neurons(), 0), final
+
+
+def test_kept_success_records_count_as_done_and_a_deleted_row_is_queued_again(
+    trained, tmp_path, clean_framework_tables
+):
+    # A queue of its own: the module's workers do not keep success records.
+    queue = f"{app.conf.task_default_queue}_keep"
+    env = dict(os.environ, DJ_JOBS_KEEP_COMPLETED="true", MEI_SERVICE_DEFAULT_QUEUE=queue)
+    keeping = Workers(tmp_path / "keeping.log", env=env).wait_ready()
+    try:
+        add_method()
+        MEISeed().insert1({"mei_seed": 1})
+        final = enqueue(MEI & trained["ensemble"], queue=queue).wait(timeout=120)
+        assert (final.done, final.failed, final.not_queued) == (neurons(), 0, 0)
+        assert len(MEI.jobs & "status = 'success'") == neurons()
+        (MEI & trained["ensemble"] & {"neuron_id": 1}).delete()
+        assert status(MEI & trained["ensemble"]).not_queued == 1
+        again = enqueue(MEI & trained["ensemble"], queue=queue)
+        assert [key["neuron_id"] for key in again.keys] == [1]
+        assert again.wait(timeout=120).done == 1 and len(MEI & trained["ensemble"]) == neurons()
+    finally:
+        keeping.stop()
+        MEI.jobs.delete_quick()
+
+
 def test_a_failing_key_is_recorded_and_not_retried_while_the_batch_completes(trained, workers, clean_framework_tables):
     broken = dict(trained["dataset"], neuron_id=99)
     Objective().insert1(dict(broken, output_unit=999), allow_direct_insert=True)
@@ -255,7 +289,7 @@ def test_flower_lists_workers_and_tasks_with_progress(trained, workers, tmp_path
     flower = Flower(tmp_path / "flower.log", port, env)
     try:
         auth = ("lab", "s3cret")
-        wait_for(lambda: _answers(flower, auth), 60, message="Flower up")
+        wait_for(lambda: flower.answers(auth), 60, message="Flower up")
         assert flower.get("/api/workers", auth=None).status_code == 401
         wait_for(lambda: len(flower.get("/api/workers?refresh=1", auth).json()) >= 2, 60, message="workers listed")
         add_paced_method(seconds=1)
@@ -271,13 +305,6 @@ def test_flower_lists_workers_and_tasks_with_progress(trained, workers, tmp_path
         assert "s3cret" not in flower.output()
     finally:
         flower.stop()
-
-
-def _answers(flower, auth):
-    try:
-        return flower.get("/api/workers", auth).status_code == 200
-    except OSError:
-        return False
 
 
 def _tasks_with_progress(flower, auth, task_ids):

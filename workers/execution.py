@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import deepdiff
 from celery.exceptions import SoftTimeLimitExceeded
 
 from mei.progress import observing
@@ -45,18 +46,24 @@ def _inserts_allowed(table: Any) -> Iterator[None]:
         table.__class__._allow_insert = False
 
 
+def fetch_hash(fetched: tuple) -> str:
+    """What ``populate`` compares to tell that a key's inputs changed while it was computed."""
+    return deepdiff.DeepHash(fetched, ignore_iterable_order=False)[fetched]
+
+
 def store(table: Any, key: Mapping[str, Any], task_id: str, fetched: tuple, computed: tuple) -> bool:
-    """Inserts one key's computed MEI and removes its job, in one transaction; False when the job was withdrawn."""
+    """Inserts one key's computed MEI and completes its job, in one transaction; False when the job was
+    withdrawn. As ``populate`` does, the inputs are fetched again and compared by their hash."""
     instance = table()
     with instance.connection.transaction:
         if not jobs.holds(table, key, task_id):
             return False
         if not instance & key:
-            if instance.make_fetch(dict(key)) != fetched:
+            if fetch_hash(instance.make_fetch(dict(key))) != fetch_hash(fetched):
                 raise RuntimeError(f"the inputs of {dict(key)} changed while its MEI was generated")
             with _inserts_allowed(instance):
                 instance.make_insert(dict(key), *computed)
-        (instance.jobs & key).delete_quick()
+        jobs.complete(table, key)
     return True
 
 
@@ -74,7 +81,7 @@ def run_batch(table: Any, keys: Sequence[Mapping[str, Any]], task_id: str, progr
     pending = []
     for key in claimed:
         if instance & key:
-            (instance.jobs & key).delete_quick()
+            jobs.complete(table, key)
             result.done.append(key)
         elif jobs.holds(table, key, task_id):
             pending.append(key)

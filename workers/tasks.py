@@ -6,10 +6,12 @@ import logging
 
 from celery import Task
 from celery.signals import worker_process_init, worker_process_shutdown
+from celery.utils.time import get_exponential_backoff_interval
 
 from mei import policy
 from mei_service.app import TASK_NAME, app
 from mei_service.failures import is_transient, reconnect_database
+from mei_service.jobs import declared_jobs
 from mei_service.settings import Settings
 from mei_service.tables import resolve_table
 from workers.execution import run_batch
@@ -35,19 +37,23 @@ def stop_heartbeat(**_: object) -> None:
 
 
 def retry_countdown(retries: int) -> int:
-    """Exponential backoff: 2, 4, 8, ... seconds, at most ``retry_backoff_max``."""
-    return min(2 ** (retries + 1), settings.retry_backoff_max)
+    """Exponential backoff with full jitter: a random wait up to 2, 4, 8, ... seconds (at most
+    ``retry_backoff_max``), so that many workers do not return to a database together."""
+    return get_exponential_backoff_interval(1, retries + 1, settings.retry_backoff_max, full_jitter=True)
 
 
 # A task whose worker process died is retried after default_retry_delay (task_retry_on_worker_lost).
-@app.task(bind=True, name=TASK_NAME, default_retry_delay=retry_countdown(0), max_retries=settings.max_retries)
+@app.task(bind=True, name=TASK_NAME, default_retry_delay=2, max_retries=settings.max_retries)
 def generate(self: Task, table: str, keys: list[dict]) -> dict[str, int]:
     """Generates the MEIs of ``keys`` (one trained model, one method) in the MEI table at dotted path ``table``."""
     progress = BatchProgress(self, total=len(keys), interval=settings.progress_interval)
     try:
         # Everything a message or the rows it points at name is checked against the allow-list.
         with policy.enforced():
-            result = run_batch(resolve_table(table), keys, self.request.id, progress)
+            mei_table = resolve_table(table)
+            if heartbeat is not None:
+                heartbeat.hold(declared_jobs(mei_table).full_table_name)
+            result = run_batch(mei_table, keys, self.request.id, progress)
     except Exception as error:
         if not is_transient(error):
             raise
