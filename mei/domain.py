@@ -113,5 +113,56 @@ class State:
     __hash__ = None  # type: ignore[assignment]
 
 
+class BatchStep:
+    """What one step saw and did for a whole batch; each run's ``State`` is a view of its rows, made when asked
+    for, whose tensors are sliced only when read."""
+
+    def __init__(
+        self,
+        i_iter: int,
+        evaluations: Tensor,
+        reg_terms: Tensor,
+        input_: Tensor,
+        transformed_input: Tensor,
+        post_processed_input: Tensor,
+        grad: Tensor,
+        preconditioned_grad: Tensor,
+    ) -> None:
+        self.i_iter = i_iter
+        self.evaluations = BatchValues(evaluations)
+        self.reg_terms = BatchValues(reg_terms)
+        self.joint_reg_term = reg_terms.dim() == 0
+        self.input_ = input_
+        self.transformed_input = transformed_input
+        self.post_processed_input = post_processed_input
+        self.grad = grad
+        self.preconditioned_grad = preconditioned_grad
+
+    def state(self, images: slice) -> State:
+        return RunState(self, images)
+
+
+def _rows_of(name: str) -> property:
+    return property(lambda self: getattr(self._step, name)[self._images])
+
+
+class RunState(State):
+    """One run's rows of a ``BatchStep``, as a ``State``."""
+
+    input_ = _rows_of("input_")
+    transformed_input = _rows_of("transformed_input")
+    post_processed_input = _rows_of("post_processed_input")
+    grad = _rows_of("grad")
+    preconditioned_grad = _rows_of("preconditioned_grad")
+
+    def __init__(self, step: BatchStep, images: slice) -> None:
+        self._step = step
+        self._images = images
+        self.i_iter = step.i_iter
+        self._evaluation = Rows(step.evaluations, images)
+        self._reg_term = Rows(step.reg_terms, slice(None) if step.joint_reg_term else images)
+        self.stopper_output = None
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)

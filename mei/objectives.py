@@ -14,6 +14,12 @@ class Objective(ABC):
     @abstractmethod
     def __call__(self, current_state: State) -> Any: ...
 
+    def record_interval(self) -> int | None:
+        """``n`` when this objective returns ``None`` on every step but those with ``i_iter % n == 0``, which a
+        batch then skips; ``None`` when any step may be recorded. A class that overrides ``__call__`` must
+        define this beside it (this default says: call me every step)."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
@@ -30,6 +36,9 @@ class RegularIntervalObjective(Objective):
         if current_state.i_iter % self.interval == 0:
             return self.compute(current_state)
         return None
+
+    def record_interval(self) -> int | None:
+        return self.interval
 
     @abstractmethod
     def compute(self, current_state: State) -> Any: ...

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .domain import BatchValues, Rows, State
+from .domain import BatchStep, State
 from .errors import GradientError
 from .progress import current_observer
 from .tracking import Tracker
@@ -75,11 +75,12 @@ def optimize(
     while all are). The loss is ``-(sum of evaluations) + sum of regularization terms``: summing over images
     keeps each image's gradient its own. A run that stops leaves the batch (its rows are dropped from ``x`` and
     from the optimizer's state) while the others go on. Values stay on the device; a ``State`` copies them to
-    the host only when read.
+    the host only when read, and is made only for the steps on which a stopper or a tracker needs it (``Plan``).
     """
     observer = current_observer()
     single = len(runs) == 1
     active = list(runs)
+    plan = Plan(active)
     rows: Tensor | None = None
     input_ = x.detach().clone()
     i_iter = 0
@@ -110,29 +111,19 @@ def optimize(
             with torch.no_grad():
                 x.data = postprocessing(x.detach(), i_iter)
         post_processed = x.detach().clone()
-        batch_evaluations, batch_reg_terms = BatchValues(evaluations), BatchValues(reg_term)
         transformed_input = input_ if transformed is x else transformed.detach()
-        first = 0
-        for run in active:
-            images = slice(None) if len(active) == 1 else slice(first, first + run.size)
-            first += run.size
-            state = State(
-                i_iter=i_iter,
-                evaluation=Rows(batch_evaluations, images),
-                reg_term=Rows(batch_reg_terms, images if reg_term.dim() else slice(None)),
-                input_=input_[images],
-                transformed_input=transformed_input[images],
-                post_processed_input=post_processed[images],
-                grad=grad[images],
-                preconditioned_grad=preconditioned[images],
-            )
-            stop, state.stopper_output = run.stopper(state)
-            run.tracker.track(state)
-            if observer is not None and run is active[0]:
-                observer(state)
-            if stop:
-                run.final = state
-        going = [run.final is None for run in active]
+        step = BatchStep(i_iter, evaluations, reg_term, input_, transformed_input, post_processed, grad, preconditioned)
+        quiet = plan.quiet(i_iter)
+        if not quiet:
+            for run, images in zip(active, plan.rows, strict=True):
+                state = step.state(images)
+                stop, state.stopper_output = run.stopper(state)
+                run.tracker.track(state)
+                if stop:
+                    run.final = state
+        if observer is not None:
+            observer(step.state(plan.rows[0]))
+        going = [True] if quiet else [run.final is None for run in active]
         if not any(going):
             return [run.final for run in runs]
         if all(going):
@@ -143,7 +134,49 @@ def optimize(
             x = _keep_rows(x, optimizer, kept)
             input_ = post_processed[kept]
             active = [run for run, goes in zip(active, going, strict=True) if goes]
+            plan = Plan(active)
         i_iter += 1
+
+
+def _hint(component: Any, name: str) -> Any:
+    """What the hint method ``name`` of a component says, trusted only when the class that defines the
+    component's ``__call__`` defines the hint too (a subclass that changes ``__call__`` alone gets ``None``)."""
+    owner = next((cls for cls in type(component).__mro__ if "__call__" in vars(cls)), None)
+    if owner is None or name not in vars(owner):
+        return None
+    return getattr(component, name)()
+
+
+class Plan:
+    """The rows of each active run, and which steps need the runs' stoppers and trackers at all.
+
+    A step before every run's fixed stop (``OptimizationStopper.fixed_stop``) on which no objective of any run
+    is due (``Objective.record_interval``) needs none of them: the batch skips the per-run work, which on a GPU
+    would otherwise keep the device waiting for the host. A run with a stopper or an objective that gives no
+    such hint is called every step, as it would be alone.
+    """
+
+    def __init__(self, runs: Sequence[Run]) -> None:
+        self.rows = [slice(None)] if len(runs) == 1 else _slices(runs)
+        stops = [_hint(run.stopper, "fixed_stop") for run in runs]
+        self.next_stop = None if None in stops else min(stops)
+        objectives = [objective for run in runs for objective in run.tracker.objectives.values()]
+        intervals = [_hint(objective, "record_interval") for objective in objectives]
+        self.intervals = None if None in intervals else sorted(set(intervals))
+
+    def quiet(self, i_iter: int) -> bool:
+        """Whether no stopper and no tracker of any run has anything to do at step ``i_iter``."""
+        if self.next_stop is None or self.intervals is None or i_iter >= self.next_stop:
+            return False
+        return all(i_iter % interval for interval in self.intervals)
+
+
+def _slices(runs: Sequence[Run]) -> list[slice]:
+    slices, first = [], 0
+    for run in runs:
+        slices.append(slice(first, first + run.size))
+        first += run.size
+    return slices
 
 
 def _rows_of(runs: Sequence[Run], going: Sequence[bool], device: torch.device) -> Tensor:

@@ -17,6 +17,13 @@ class OptimizationStopper(ABC):
     def __call__(self, current_state: State) -> tuple[bool, Any]:
         """Return ``(True, output)`` to stop after this step, ``(False, output)`` to go on."""
 
+    def fixed_stop(self) -> int | None:
+        """The step after which this stopper stops, whatever the states, with output ``None``; ``None`` when it
+        depends on the states. A batch calls a stopper with a fixed stop only at that step, not at every one;
+        a class that overrides ``__call__`` must define this beside it (this default says: call me every step).
+        """
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
 
@@ -38,6 +45,9 @@ class NumIterations(OptimizationStopper):
 
     def __call__(self, current_state: State) -> tuple[bool, None]:
         return current_state.i_iter >= self.num_iterations, None
+
+    def fixed_stop(self) -> int | None:
+        return self.num_iterations
 
 
 class EarlyStopping(OptimizationStopper):

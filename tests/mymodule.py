@@ -2,7 +2,8 @@
 
 import torch
 
-from mei.stoppers import OptimizationStopper
+from mei.objectives import EvaluationObjective
+from mei.stoppers import NumIterations, OptimizationStopper
 
 
 class EvaluationThreshold(OptimizationStopper):
@@ -61,3 +62,22 @@ def paced_ascent(dataloaders, model, config, seed):
 def unreachable(dataloaders, model, config, seed):
     """A method for keys that must never be computed."""
     raise AssertionError("this key should not have been computed")
+
+
+class NumIterationsOrThreshold(NumIterations):
+    """Stops at ``num_iterations``, or earlier once the evaluation reaches ``threshold``: a ``__call__`` of its own
+    that a batch must call on every step, although its base class has a fixed stop."""
+
+    def __init__(self, num_iterations, threshold):
+        super().__init__(num_iterations)
+        self.threshold = threshold
+
+    def __call__(self, current_state):
+        return current_state.i_iter >= self.num_iterations or current_state.evaluation >= self.threshold, None
+
+
+class EveryStepEvaluation(EvaluationObjective):
+    """Logs every step although its interval says otherwise."""
+
+    def __call__(self, current_state):
+        return current_state.evaluation

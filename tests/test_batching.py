@@ -84,6 +84,22 @@ def test_a_batch_of_32_equals_one_at_a_time(ensemble, case):
         assert len(last_steps) > 1, "the keys should stop at different steps"
 
 
+def test_stoppers_and_objectives_that_change_call_are_called_every_step(ensemble):
+    custom = config(
+        stopper={"path": "mymodule.NumIterationsOrThreshold", "kwargs": {"num_iterations": 30, "threshold": 1.0}},
+        objectives=[{"path": "mymodule.EveryStepEvaluation", "kwargs": {"interval": 10}}],
+    )
+    objectives = [ConstrainedOutputModel(ensemble, unit) for unit in range(8)]
+    seeds = list(range(8))
+    batched = gradient_ascent_batch(None, objectives, custom, seeds, shape=SHAPE)
+    single = [gradient_ascent(None, o, custom, s, shape=SHAPE) for o, s in zip(objectives, seeds, strict=True)]
+    for batched_result, single_result in zip(batched, single, strict=True):
+        assert_equal_results(batched_result, single_result)
+    times = [log["mymodule.EveryStepEvaluation"]["times"] for _, _, log in batched]
+    assert all(steps == list(range(len(steps))) for steps in times)
+    assert len({len(steps) for steps in times}) > 1, "the keys should stop at different steps"
+
+
 def test_each_mei_of_a_batch_is_stored_alone(ensemble):
     objectives = [ConstrainedOutputModel(ensemble, unit) for unit in range(4)]
     for mei, _, _ in gradient_ascent_batch(None, objectives, config(), [1, 2, 3, 4], shape=SHAPE):
