@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
-from .domain import State
+from .domain import BatchStep, State
 
 
 class Objective(ABC):
@@ -49,6 +50,11 @@ class EvaluationObjective(RegularIntervalObjective):
 
     def compute(self, current_state: State) -> float:
         return current_state.evaluation
+
+    @staticmethod
+    def batch_values(step: BatchStep, rows: Sequence[slice]) -> list[float]:
+        """``compute`` for each run of a batch at once: the evaluation of the images in each of ``rows``."""
+        return [step.evaluation(images) for images in rows]
 
 
 class PostProcessedInputObjective(RegularIntervalObjective):

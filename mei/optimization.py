@@ -113,17 +113,10 @@ def optimize(
         post_processed = x.detach().clone()
         transformed_input = input_ if transformed is x else transformed.detach()
         step = BatchStep(i_iter, evaluations, reg_term, input_, transformed_input, post_processed, grad, preconditioned)
-        quiet = plan.quiet(i_iter)
-        if not quiet:
-            for run, images in zip(active, plan.rows, strict=True):
-                state = step.state(images)
-                stop, state.stopper_output = run.stopper(state)
-                run.tracker.track(state)
-                if stop:
-                    run.final = state
+        stopped = plan.settle(step, active)
         if observer is not None:
             observer(step.state(plan.rows[0]))
-        going = [True] if quiet else [run.final is None for run in active]
+        going = [run.final is None for run in active] if stopped else [True]
         if not any(going):
             return [run.final for run in runs]
         if all(going):
@@ -138,22 +131,32 @@ def optimize(
         i_iter += 1
 
 
+def _declared_beside(component: Any, name: str, beside: str = "__call__") -> Any:
+    """The component's attribute ``name`` when the class that defines its ``beside`` method defines it too, else
+    ``None``: a subclass that changes ``beside`` alone does not inherit a hint about it."""
+    owner = next((cls for cls in type(component).__mro__ if beside in vars(cls)), None)
+    return getattr(component, name) if owner is not None and name in vars(owner) else None
+
+
 def _hint(component: Any, name: str) -> Any:
-    """What the hint method ``name`` of a component says, trusted only when the class that defines the
-    component's ``__call__`` defines the hint too (a subclass that changes ``__call__`` alone gets ``None``)."""
-    owner = next((cls for cls in type(component).__mro__ if "__call__" in vars(cls)), None)
-    if owner is None or name not in vars(owner):
-        return None
-    return getattr(component, name)()
+    """What the hint method ``name`` of a component says, trusted only from the class of its ``__call__``."""
+    hint = _declared_beside(component, name)
+    return None if hint is None else hint()
 
 
 class Plan:
-    """The rows of each active run, and which steps need the runs' stoppers and trackers at all.
+    """The rows of each active run, and how much per-run work each step needs.
 
-    A step before every run's fixed stop (``OptimizationStopper.fixed_stop``) on which no objective of any run
-    is due (``Objective.record_interval``) needs none of them: the batch skips the per-run work, which on a GPU
-    would otherwise keep the device waiting for the host. A run with a stopper or an objective that gives no
-    such hint is called every step, as it would be alone.
+    - A step before every run's fixed stop (``OptimizationStopper.fixed_stop``) on which no objective of any
+      run is due (``Objective.record_interval``) needs none: it is skipped.
+    - When every run's stopper decides from the step and the evaluation alone (``decide``) and every objective
+      can be recorded for the whole batch (``batch_values``), a step makes no ``State`` but for the runs that
+      stop: the evaluations reach the host in one copy, and each run costs a few list operations.
+    - Otherwise each run's stopper and tracker are called with its ``State``, as alone.
+
+    Each hint is trusted only from the class that defines the method it describes (``__call__``, ``compute``),
+    so a subclass that changes that method alone is called every step. On a GPU this keeps the host ahead of
+    the device.
     """
 
     def __init__(self, runs: Sequence[Run]) -> None:
@@ -163,12 +166,58 @@ class Plan:
         objectives = [objective for run in runs for objective in run.tracker.objectives.values()]
         intervals = [_hint(objective, "record_interval") for objective in objectives]
         self.intervals = None if None in intervals else sorted(set(intervals))
+        deciders = [_declared_beside(run.stopper, "decide") for run in runs]
+        recorders = _batch_recorders(runs)
+        self.batch = None if None in deciders or recorders is None else (deciders, recorders)
 
     def quiet(self, i_iter: int) -> bool:
         """Whether no stopper and no tracker of any run has anything to do at step ``i_iter``."""
         if self.next_stop is None or self.intervals is None or i_iter >= self.next_stop:
             return False
         return all(i_iter % interval for interval in self.intervals)
+
+    def settle(self, step: BatchStep, runs: Sequence[Run]) -> bool:
+        """Calls the runs' stoppers and trackers as step ``step`` needs, sets ``final`` on the runs that stop;
+        returns whether any run may have stopped."""
+        if self.quiet(step.i_iter):
+            return False
+        if self.batch is None:
+            for run, images in zip(runs, self.rows, strict=True):
+                state = step.state(images)
+                stop, state.stopper_output = run.stopper(state)
+                run.tracker.track(state)
+                if stop:
+                    run.final = state
+            return True
+        deciders, recorders = self.batch
+        for run, images, decide in zip(runs, self.rows, deciders, strict=True):
+            stop, output = decide(step.i_iter, step.evaluation(images))
+            if stop:
+                run.final = step.state(images)
+                run.final.stopper_output = output
+        for name, (interval, batch_values) in recorders.items():
+            if step.i_iter % interval == 0:
+                for run, value in zip(runs, batch_values(step, self.rows), strict=True):
+                    run.tracker.record(name, step.i_iter, value)
+        return True
+
+
+def _batch_recorders(runs: Sequence[Run]) -> dict[str, tuple[int, Callable]] | None:
+    """``{name: (interval, batch_values)}`` when every run's objective of every name can be recorded for the
+    whole batch (the same class, the same trusted interval, a ``batch_values`` beside its ``compute``), else
+    ``None``."""
+    recorders = {}
+    if any(run.tracker.objectives.keys() != runs[0].tracker.objectives.keys() for run in runs):
+        return None
+    for name in runs[0].tracker.objectives:
+        objectives = [run.tracker.objectives.get(name) for run in runs]
+        kinds = {type(objective) for objective in objectives}
+        intervals = {_hint(objective, "record_interval") for objective in objectives}
+        batch_values = _declared_beside(objectives[0], "batch_values", beside="compute")
+        if len(kinds) != 1 or len(intervals) != 1 or None in intervals or batch_values is None:
+            return None
+        recorders[name] = (intervals.pop(), batch_values)
+    return recorders
 
 
 def _slices(runs: Sequence[Run]) -> list[slice]:

@@ -19,8 +19,11 @@ class OptimizationStopper(ABC):
 
     def fixed_stop(self) -> int | None:
         """The step after which this stopper stops, whatever the states, with output ``None``; ``None`` when it
-        depends on the states. A batch calls a stopper with a fixed stop only at that step, not at every one;
-        a class that overrides ``__call__`` must define this beside it (this default says: call me every step).
+        depends on the states. A batch skips a stopper with a fixed stop on the steps before it. A class that
+        overrides ``__call__`` must define this beside it (this default says: call me every step).
+
+        A stopper whose decision needs only the step and the evaluation may also define, beside ``__call__``,
+        ``decide(i_iter, evaluation) -> (stop, output)``, which a batch calls without making a ``State``.
         """
         return None
 
@@ -49,6 +52,10 @@ class NumIterations(OptimizationStopper):
     def fixed_stop(self) -> int | None:
         return self.num_iterations
 
+    def decide(self, i_iter: int, evaluation: float) -> tuple[bool, None]:
+        """``__call__`` from the step and the evaluation alone, which a batch gives without a ``State``."""
+        return i_iter >= self.num_iterations, None
+
 
 class EarlyStopping(OptimizationStopper):
     """Stops when the evaluation has not improved for ``patience`` steps, or at ``max_iter``.
@@ -68,10 +75,14 @@ class EarlyStopping(OptimizationStopper):
         self.steps_without_improvement = 0
 
     def __call__(self, current_state: State) -> tuple[bool, float]:
-        if current_state.evaluation > self.best + self.min_delta:
-            self.best = current_state.evaluation
+        return self.decide(current_state.i_iter, current_state.evaluation)
+
+    def decide(self, i_iter: int, evaluation: float) -> tuple[bool, float]:
+        """``__call__`` from the step and the evaluation alone, which a batch gives without a ``State``."""
+        if evaluation > self.best + self.min_delta:
+            self.best = evaluation
             self.steps_without_improvement = 0
         else:
             self.steps_without_improvement += 1
-        patience_lost = self.steps_without_improvement >= self.patience and current_state.i_iter >= self.min_iter
-        return patience_lost or current_state.i_iter >= self.max_iter, self.best
+        patience_lost = self.steps_without_improvement >= self.patience and i_iter >= self.min_iter
+        return patience_lost or i_iter >= self.max_iter, self.best

@@ -21,10 +21,13 @@ class Tracker:
 
     def track(self, state: State) -> None:
         for name, objective in self.objectives.items():
-            value = objective(state)
-            if value is not None:
-                self.log[name]["times"].append(state.i_iter)
-                self.log[name]["values"].append(value)
+            self.record(name, state.i_iter, objective(state))
+
+    def record(self, name: str, i_iter: int, value: Any) -> None:
+        """Logs ``value`` of objective ``name`` at step ``i_iter``; ``None`` logs nothing."""
+        if value is not None:
+            self.log[name]["times"].append(i_iter)
+            self.log[name]["values"].append(value)
 
     def __repr__(self) -> str:
         return f"Tracker({', '.join(self.objectives)})"
