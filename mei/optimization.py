@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -134,8 +135,14 @@ def optimize(
 def _declared_beside(component: Any, name: str, beside: str = "__call__") -> Any:
     """The component's attribute ``name`` when the class that defines its ``beside`` method defines it too, else
     ``None``: a subclass that changes ``beside`` alone does not inherit a hint about it."""
-    owner = next((cls for cls in type(component).__mro__ if beside in vars(cls)), None)
-    return getattr(component, name) if owner is not None and name in vars(owner) else None
+    return getattr(component, name) if _defined_together(type(component), name, beside) else None
+
+
+@functools.cache
+def _defined_together(cls: type, name: str, beside: str) -> bool:
+    # Cached per class: a plan is rebuilt each time a run leaves the batch.
+    owner = next((klass for klass in cls.__mro__ if beside in vars(klass)), None)
+    return owner is not None and name in vars(owner)
 
 
 def _hint(component: Any, name: str) -> Any:
