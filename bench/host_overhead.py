@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from bench.step_time import method_config
 from bench.timing import measure_once
 from mei.batching import gradient_ascent_batch
 from mei.modules import ConstrainedOutputModel
@@ -40,13 +41,9 @@ class NearlyFree(nn.Module):
 
 
 def seed_config(steps: int, device: str) -> dict:
-    return {
-        "initial": {"path": "mei.initial.RandomNormal"},
-        "optimizer": {"path": "torch.optim.SGD", "kwargs": {"lr": 0.1}},
-        "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": steps - 1}},
-        "objectives": [{"path": "mei.objectives.EvaluationObjective", "kwargs": {"interval": 10}}],
-        "device": device,
-    }
+    """The seed document's config: the step-time benchmark's without its blur and norm."""
+    config = method_config(device, steps)
+    return {role: spec for role, spec in config.items() if role not in ("precondition", "postprocessing")}
 
 
 def framework_runner(model: nn.Module, keys: int, device: str):
