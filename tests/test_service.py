@@ -264,6 +264,19 @@ def test_status_command_prints_counts_and_latest_errors(trained, workers, clean_
     assert "Object in 'mei.initial.Missing' not found" in shown.stdout
 
 
+def test_the_retries_after_a_lost_connection_outlast_a_database_restart():
+    from workers.tasks import retry_countdown, settings
+
+    shortest = 0
+    for retries in range(settings.max_retries):
+        ceiling = min(2 ** (retries + 1), settings.retry_backoff_max)
+        waits = {retry_countdown(retries) for _ in range(200)}
+        assert ceiling // 2 <= min(waits) and max(waits) <= ceiling
+        assert len(waits) > 1, "the wait is jittered"
+        shortest += min(waits)
+    assert shortest >= 15, "full jitter could spend every retry within a database restart"
+
+
 def test_time_limits_must_fit_in_the_visibility_timeout():
     with pytest.raises(SettingsError, match="longer than MEI_SERVICE_VISIBILITY_TIMEOUT=600"):
         Settings.from_env({"MEI_SERVICE_VISIBILITY_TIMEOUT": "600", "MEI_SERVICE_TASK_TIME_LIMIT": "900"})

@@ -37,9 +37,12 @@ def stop_heartbeat(**_: object) -> None:
 
 
 def retry_countdown(retries: int) -> int:
-    """Exponential backoff with full jitter: a random wait up to 2, 4, 8, ... seconds (at most
-    ``retry_backoff_max``), so that many workers do not return to a database together."""
-    return get_exponential_backoff_interval(1, retries + 1, settings.retry_backoff_max, full_jitter=True)
+    """Exponential backoff with equal jitter: a wait of 1-2, 2-4, 4-8, ... seconds (at most
+    ``retry_backoff_max``). The random half keeps many workers from returning to a database together; the fixed
+    half makes the retries span at least 31 s, so that a database restart cannot use them all up (full jitter
+    can draw five waits of nothing)."""
+    ceiling = get_exponential_backoff_interval(1, retries + 1, settings.retry_backoff_max)
+    return ceiling // 2 + get_exponential_backoff_interval(1, retries, ceiling - ceiling // 2, full_jitter=True)
 
 
 # A task whose worker process died is retried after default_retry_delay (task_retry_on_worker_lost).
