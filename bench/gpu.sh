@@ -2,7 +2,8 @@
 # GPU checks in one go, for a machine with one CUDA device and PyTorch installed:
 #   bash bench/gpu.sh [RESULT_DIR]
 # runs the tests marked `cuda`, the step-time benchmark, the batched-throughput benchmark (MEIs per hour and
-# GPU memory per image) and the host-overhead benchmark on the GPU; results go to RESULT_DIR (default
+# GPU memory per image), the host-overhead benchmark on the GPU and the device's busy share of a batched step
+# of the 5 x 8,000 ensemble at the batch the service picks; results go to RESULT_DIR (default
 # bench/results). About 6 minutes on an H100.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -15,3 +16,4 @@ python3 -m bench.step_time --device cuda --steps 51 --repeats 5 --out "$out/step
 python3 -m bench.batch_throughput --device cuda --batches 1,8,32,128,512,1024 --steps 21 --repeats 3 \
   --out "$out/batch_throughput_cuda.json"
 python3 -m bench.host_overhead --device cuda --batches 16,64,256,1024,4096 --out "$out/host_overhead_cuda.json"
+python3 -m bench.device_busy --device cuda --out "$out/device_busy_cuda.json"
