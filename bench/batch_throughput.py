@@ -1,13 +1,17 @@
-"""MEIs per hour on the Sensorium-scale 5-model ensemble: batched generation against one key at a time.
+"""MEIs per hour on the Sensorium-scale 5-model ensembles: batched generation against one key at a time.
 
     python -m bench.batch_throughput [--device cpu] [--batches 1,8,32,128] [--steps 11] [--repeats 5]
+        [--models sensorium,neuralpredictors]
+
+The models are ``bench.models``': ``bench/sensorium.py`` (which defines ``forward_selected``) and the
+Sensorium 2022 baseline built with neuralpredictors (whose readouts the framework recognises).
 
 Every runner generates MEIs of different neurons and seeds with the seed's example config plus
 ``GaussianBlur(sigma=1)`` and ``ChangeNorm(25)`` (as ``bench.step_time``), interleaved in one run:
 
 - ``reference_style``: one key at a time in ``bench/reference_style.py`` (two forwards per step, parameter
   gradients, host copies), the full 8,000-neuron readout;
-- ``one_at_a_time_full_readout``: ``mei.methods.gradient_ascent``, the model hiding its selected-outputs path;
+- ``one_at_a_time_full_readout``: ``mei.methods.gradient_ascent``, every neuron computed (``FullReadout``);
 - ``one_at_a_time``: ``mei.methods.gradient_ascent``, evaluating the readout at the key's neuron only;
 - ``batch_<n>``: ``mei.batching.gradient_ascent_batch`` over ``n`` keys at once.
 
@@ -33,37 +37,39 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.reference_style import FullReadout, reference_objective, reference_style_ascent
-from bench.sensorium import FULL, TINY, build_ensemble
+from bench.models import MODELS, BenchModel
+from bench.reference_style import FullReadout, reference_style_ascent
 from bench.step_time import method_config
 from bench.timing import Runner, Timing, measure_once, timed
 from mei.batching import gradient_ascent_batch
 from mei.methods import gradient_ascent
-from mei.modules import ConstrainedOutputModel, selected_outputs
+from mei.modules import selected_outputs
 from mei.preparation import generation_mode
 from workers.runtime import CPU_ALLOCATOR_SETTINGS
 
 RESULTS = Path(__file__).parent / "results"
 
 
-def runners(model: nn.Module, device: str, shape: tuple, batches: list[int]) -> dict[str, tuple[int, Runner]]:
+def runners(
+    bench_model: BenchModel, model: nn.Module, device: str, batches: list[int]
+) -> dict[str, tuple[int, Runner]]:
     """Each runner's name, the MEIs it makes per call, and the call ``run(seed offset, steps)``."""
-    units = model.members[0].readout.bias.numel()
+    shape = bench_model.shape
 
     def reference(offset: int, steps: int) -> None:
-        config = method_config(device, steps)
-        reference_style_ascent(reference_objective(model, offset % units), config, offset, shape)
+        objective = bench_model.objective(FullReadout(model), offset)
+        reference_style_ascent(objective, method_config(device, steps), offset, shape)
 
     def single(objective_model: nn.Module) -> Runner:
         def run(offset: int, steps: int) -> None:
-            objective = ConstrainedOutputModel(objective_model, offset % units)
+            objective = bench_model.objective(objective_model, offset)
             gradient_ascent(None, objective, method_config(device, steps), offset, shape=shape)
 
         return run
 
     def batched(size: int) -> Runner:
         def run(offset: int, steps: int) -> None:
-            objectives = [ConstrainedOutputModel(model, (offset + 37 * i) % units) for i in range(size)]
+            objectives = [bench_model.objective(model, offset + 37 * i) for i in range(size)]
             seeds = [offset + i for i in range(size)]
             gradient_ascent_batch(None, objectives, method_config(device, steps), seeds, shape=shape)
 
@@ -78,9 +84,11 @@ def runners(model: nn.Module, device: str, shape: tuple, batches: list[int]) -> 
     return table
 
 
-def measure(model: nn.Module, device: str, steps: int, repeats: int, batches: list[int], mei_steps: int) -> dict:
+def measure(
+    bench_model: BenchModel, model: nn.Module, device: str, steps: int, repeats: int, batches: list[int], mei_steps: int
+) -> dict:
     model = model.to(device)
-    table = runners(model, device, (1, *FULL.input_shape), batches)
+    table = runners(bench_model, model, device, batches)
     for _, run in table.values():  # warm-up
         run(0, 2)
     timings: dict[str, list[Timing]] = {name: [] for name in table}
@@ -114,21 +122,20 @@ def measure(model: nn.Module, device: str, steps: int, repeats: int, batches: li
     return results
 
 
-def model_pass_times(model: nn.Module, device: str, batches: list[int], repeats: int) -> dict:
+def model_pass_times(bench_model: BenchModel, model: nn.Module, device: str, batches: list[int], repeats: int) -> dict:
     """Milliseconds per image of one forward pass and input gradient at the selected neurons, with the model as
     it is (eval mode, frozen) and as generation prepares it (``mei.preparation``), side by side."""
     model = model.to(device).eval()
-    units = model.members[0].readout.bias.numel()
     flags = [parameter.requires_grad for parameter in model.parameters()]
     passes = 3
 
     def per_image(size: int) -> float:
-        images = torch.randn(size, *FULL.input_shape, device=device, requires_grad=True)
-        chosen = torch.arange(size, device=device)[:, None] * 37 % units
+        images = torch.randn(size, *bench_model.input_shape, device=device, requires_grad=True)
+        chosen = torch.arange(size, device=device)[:, None] * 37 % bench_model.neurons
 
         def run() -> None:
             for _ in range(passes):
-                selected_outputs(model, images, chosen).sum().backward()
+                selected_outputs(model, images, chosen, **bench_model.forward_kwargs).sum().backward()
 
         run()  # warm-up
         return timed(run, device) / passes / size
@@ -164,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=11, help="steps of the long run of each measurement")
     parser.add_argument("--repeats", type=int, default=5, help="measurements per runner (the median is kept)")
     parser.add_argument("--mei-steps", type=int, default=1001, help="steps of one MEI, for MEIs per hour")
-    parser.add_argument("--tiny", action="store_true", help="the tiny ensemble (a quick check of the benchmark)")
+    parser.add_argument("--models", default="sensorium,neuralpredictors", help=f"some of {', '.join(MODELS)}")
     parser.add_argument("--glibc-defaults", action="store_true", help="keep glibc's allocator settings")
     parser.add_argument("--out", type=Path, default=None, help="result file")
     args = parser.parse_args(argv)
@@ -174,13 +181,17 @@ def main(argv: list[str] | None = None) -> None:
         command = [sys.executable, "-m", "bench.batch_throughput", *sys.argv[1:]]
         os.execve(sys.executable, command, {**os.environ, **CPU_ALLOCATOR_SETTINGS})
     batches = [int(size) for size in args.batches.split(",")]
-    size = TINY if args.tiny else FULL
-    ensemble = build_ensemble(size)
-    passes = model_pass_times(ensemble, args.device, batches, args.repeats)
-    results = measure(ensemble, args.device, args.steps, args.repeats, batches, args.mei_steps)
+    measured = {}
+    for name in args.models.split(","):
+        bench_model = MODELS[name]
+        model = bench_model.build()
+        measured[name] = {
+            "model": bench_model.description,
+            "results": measure(bench_model, model, args.device, args.steps, args.repeats, batches, args.mei_steps),
+            "model_pass_ms_per_image": model_pass_times(bench_model, model, args.device, batches, args.repeats),
+        }
     report = {
         "benchmark": "MEIs per hour, seed config + GaussianBlur precondition + ChangeNorm postprocessing",
-        "model": f"{size.layers} layers, {size.channels} channels, {size.neurons} neurons, 5 members",
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "host": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
         "torch": torch.__version__,
@@ -188,20 +199,21 @@ def main(argv: list[str] | None = None) -> None:
         "steps_measured": args.steps,
         "repeats": args.repeats,
         "mei_steps": args.mei_steps,
-        "results": results,
-        "model_pass_ms_per_image": passes,
+        "models": measured,
     }
     out = args.out or RESULTS / f"batch_throughput_{args.device.split(':')[0]}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    for name, result in results.items():
-        print(
-            f"{name:28s} {result['ms_per_step_per_mei']:8.2f} ms/step/MEI  {result['meis_per_hour']:9.1f} MEIs/h  "
-            f"{result['speedup_over_reference_style']:6.2f}x reference-style"
-        )
-    for batch, prepared in passes["prepared"].items():
-        as_is = passes["as_is"][batch]
-        print(f"model pass, {batch:10s} as is {as_is:7.2f} ms/image  prepared {prepared:7.2f} ms/image")
+    for model_name, found in measured.items():
+        print(model_name)
+        for name, result in found["results"].items():
+            print(
+                f"  {name:28s} {result['ms_per_step_per_mei']:8.2f} ms/step/MEI  {result['meis_per_hour']:9.1f} "
+                f"MEIs/h  {result['speedup_over_reference_style']:6.2f}x reference-style"
+            )
+        passes = found["model_pass_ms_per_image"]
+        for batch, prepared in passes["prepared"].items():
+            print(f"  model pass, {batch:10s} as is {passes['as_is'][batch]:7.2f} ms/image  prepared {prepared:7.2f}")
     print(f"written to {out}")
 
 

@@ -4,7 +4,7 @@
 # runs the tests marked `cuda`, the step-time benchmark, the batched-throughput benchmark (MEIs per hour and
 # GPU memory per image), the host-overhead benchmark on the GPU and the device's busy share of a batched step
 # of the 5 x 8,000 ensemble at the batch the service picks; results go to RESULT_DIR (default
-# bench/results). About 6 minutes on an H100.
+# bench/results). About 10 minutes on an H100.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-bench/results}

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from mei.domain import State
 from mei.import_utils import build_component
 from mei.modules import ConstrainedOutputModel
+from mei.readouts import selecting
 from mei.tracking import Tracker
 
 
@@ -29,7 +30,8 @@ class FullReadout(nn.Module):
         self.model = model
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
-        return self.model(x, *args, **kwargs)
+        with selecting(None):  # the lab library's readouts too compute every neuron
+            return self.model(x, *args, **kwargs)
 
 
 def reference_objective(model: nn.Module, unit: int) -> nn.Module:

@@ -1,9 +1,11 @@
 """Milliseconds per step per MEI: ``mei.methods.gradient_ascent`` against a reference-style loop.
 
 Both run the seed's example config with a Gaussian-blurred gradient and an L2-norm constraint on the
-Sensorium-scale 5-model ensemble (and its tiny variant), interleaved in one run, and the median is reported.
-``mei`` evaluates the readout at the one neuron asked for (the model's selected-outputs path); the
-reference-style loop computes all of them and picks one, as the reference did.
+Sensorium-scale 5-model ensembles of ``bench.models`` (``bench/sensorium.py``, its tiny variant, and the
+Sensorium 2022 baseline built with neuralpredictors), interleaved in one run, and the median is reported.
+``mei`` evaluates the readout at the one neuron asked for (the model's ``forward_selected``, or the lab
+library's readouts recognised); the reference-style loop computes all of them and picks one, as the reference
+did.
 
     python -m bench.step_time [--device cpu] [--steps 21] [--repeats 5]
 """
@@ -18,11 +20,10 @@ from pathlib import Path
 
 import torch
 
-from bench.reference_style import reference_objective, reference_style_ascent
-from bench.sensorium import FULL, TINY, ModelSize, build_ensemble
+from bench.models import MODELS, BenchModel
+from bench.reference_style import FullReadout, reference_style_ascent
 from bench.timing import Runner, Timing, measure_once
 from mei.methods import gradient_ascent
-from mei.modules import ConstrainedOutputModel
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -39,10 +40,10 @@ def method_config(device: str, steps: int) -> dict:
     }
 
 
-def measure(size: ModelSize, device: str, steps: int, repeats: int) -> dict:
-    ensemble = build_ensemble(size).to(device)
-    model, reference_model = ConstrainedOutputModel(ensemble, 0), reference_objective(ensemble, 0)
-    shape = (1, *size.input_shape)
+def measure(bench_model: BenchModel, device: str, steps: int, repeats: int) -> dict:
+    ensemble = bench_model.build().to(device)
+    model, reference_model = bench_model.objective(ensemble, 0), bench_model.objective(FullReadout(ensemble), 0)
+    shape = bench_model.shape
     runners: dict[str, Runner] = {
         "mei": lambda seed, n: gradient_ascent(None, model, method_config(device, n), seed, shape=shape),
         "reference_style": lambda seed, n: reference_style_ascent(
@@ -57,7 +58,7 @@ def measure(size: ModelSize, device: str, steps: int, repeats: int) -> dict:
             timings[name].append(measure_once(run, repeat, steps, device, long_first=repeat % 2 == 1))
     per_step = {name: [1000 * timing.seconds_per_step for timing in values] for name, values in timings.items()}
     return {
-        "model": f"{size.layers} layers, {size.channels} channels, {size.neurons} neurons, 5 members",
+        "model": bench_model.description,
         "ms_per_step": {name: statistics.median(values) for name, values in per_step.items()},
         "all_ms_per_step": per_step,
         "fixed_ms": {
@@ -87,8 +88,8 @@ def main() -> None:
         "steps": args.steps,
         "repeats": args.repeats,
         "results": {
-            name: measure(size, args.device, args.steps, args.repeats)
-            for name, size in (("tiny", TINY), ("full", FULL))
+            name: measure(MODELS[name], args.device, args.steps, args.repeats)
+            for name in ("tiny", "sensorium", "neuralpredictors")
         },
     }
     out = args.out or RESULTS / f"step_time_{args.device.split(':')[0]}.json"
@@ -97,7 +98,7 @@ def main() -> None:
     for name, result in report["results"].items():
         ms = result["ms_per_step"]
         print(
-            f"{name:5s} mei {ms['mei']:8.2f} ms/step   reference-style {ms['reference_style']:8.2f} ms/step   "
+            f"{name:16s} mei {ms['mei']:8.2f} ms/step   reference-style {ms['reference_style']:8.2f} ms/step   "
             f"ratio {result['ratio_mei_to_reference_style']:.3f} max|diff| {result['max_abs_difference_of_meis']:.2e}"
         )
     print(f"written to {out}")

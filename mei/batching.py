@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +28,7 @@ from .config import OPERATION_COMPONENTS, MethodConfig
 from .errors import ConfigurationError
 from .import_utils import import_object
 from .methods import ascend, input_shape, start_run
-from .modules import ConstrainedOutputModel, selected_outputs
+from .modules import ConstrainedOutputModel, selected_outputs, time_window_mean
 from .preparation import generation_mode
 
 logger = logging.getLogger(__name__)
@@ -52,26 +53,36 @@ class Target:
     model: nn.Module
     unit: int
     forward_kwargs: Mapping[str, Any]
+    time_window: tuple[int | None, int | None] | None = None
 
 
 def target_of(objective: nn.Module) -> Target | None:
-    """The target of an objective that selects one unit of a model, else ``None`` (it cannot join a batch)."""
+    """The target of an objective that selects one unit of a model (averaged over frames for a video model),
+    else ``None`` (it cannot join a batch)."""
     if type(objective) is not ConstrainedOutputModel or objective.target_fn is not None or len(objective.units) != 1:
         return None
-    return Target(objective.model, objective.units[0], objective.forward_kwargs)
+    return Target(objective.model, objective.units[0], objective.forward_kwargs, objective.time_window)
 
 
 class SelectedUnits:
     """The evaluation of a batch: image ``i`` scored on its own unit ``units[i]`` of one shared model."""
 
-    def __init__(self, model: nn.Module, units: Tensor, forward_kwargs: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        units: Tensor,
+        forward_kwargs: Mapping[str, Any],
+        time_window: tuple[int | None, int | None] | None = None,
+    ) -> None:
         self.model = model
         self.units = units
         self.forward_kwargs = dict(forward_kwargs)
+        self.time_window = time_window
 
     def __call__(self, images: Tensor, rows: Tensor | None) -> Tensor:
         units = self.units if rows is None else self.units[rows]
-        return selected_outputs(self.model, images, units[:, None], **self.forward_kwargs)
+        selected = selected_outputs(self.model, images, units[:, None], **self.forward_kwargs)
+        return time_window_mean(selected, self.time_window)
 
 
 def why_not_batched(method_fn: str, config: Mapping[str, Any], objectives: Sequence[nn.Module]) -> str | None:
@@ -80,6 +91,18 @@ def why_not_batched(method_fn: str, config: Mapping[str, Any], objectives: Seque
     Nothing is built: a config whose components cannot be built is left to fail key by key, with each key's
     own error.
     """
+    reason = _why_method_not_batched(method_fn, config)
+    if reason is not None:
+        return reason
+    targets = [target_of(objective) for objective in objectives]
+    if None in targets:
+        return "an objective is not a ConstrainedOutputModel of one unit without target_fn"
+    if len(sub_batches(objectives)) > 1:
+        return "the objectives do not share one model and its forward_kwargs"
+    return None
+
+
+def _why_method_not_batched(method_fn: str, config: Mapping[str, Any]) -> str | None:
     if method_fn != GRADIENT_ASCENT:
         return f"the method function {method_fn} is not the built-in {GRADIENT_ASCENT}"
     try:
@@ -90,21 +113,40 @@ def why_not_batched(method_fn: str, config: Mapping[str, Any], objectives: Seque
     except Exception as error:
         # Whatever is wrong with the config, each key meets it alone and records it.
         return f"the method config is not valid ({type(error).__name__}: {error})"
+    if method.background is not None:
+        return "transparency couples a key's images through their mean alpha"
     if optimizer not in PER_ELEMENT_OPTIMIZERS:
         name = getattr(optimizer, "__name__", repr(optimizer))
         return f"the optimizer {name} is not one that acts on each element alone (SGD, Adam, AdamW)"
     for role, operation in operations.items():
         if getattr(operation, "batch_safe", False) is not True:
             return f"the {role} {getattr(operation, '__name__', repr(operation))} does not declare batch_safe = True"
-    targets = [target_of(objective) for objective in objectives]
-    if None in targets:
-        return "an objective is not a ConstrainedOutputModel of one unit without target_fn"
-    first = targets[0]
-    if any(
-        target.model is not first.model or not _same(target.forward_kwargs, first.forward_kwargs) for target in targets
-    ):
-        return "the objectives do not share one model and its forward_kwargs"
+    if method.validation is not None:
+        return "the config scores each key on a held-out model (validation)"
     return None
+
+
+def sub_batches(objectives: Sequence[nn.Module]) -> list[list[int]]:
+    """The positions of ``objectives`` grouped by the model and forward keyword arguments their targets share
+    (a data key, say), first seen first; an objective that selects no single unit is alone."""
+    groups: list[tuple[Target | None, list[int]]] = []
+    for index, objective in enumerate(objectives):
+        target = target_of(objective)
+        for first, members in groups:
+            if target is not None and first is not None and _shares(first, target):
+                members.append(index)
+                break
+        else:
+            groups.append((target, [index]))
+    return [members for _, members in groups]
+
+
+def _shares(first: Target, second: Target) -> bool:
+    return (
+        first.model is second.model
+        and first.time_window == second.time_window
+        and _same(first.forward_kwargs, second.forward_kwargs)
+    )
 
 
 def _same(first: Mapping[str, Any], second: Mapping[str, Any]) -> bool:
@@ -138,7 +180,7 @@ def gradient_ascent_batch(
     units = torch.tensor([target.unit for target in targets]).repeat_interleave(method.n_meis)
     model = targets[0].model
     forward_kwargs = {**targets[0].forward_kwargs, **method.model_forward_kwargs}
-    evaluate = SelectedUnits(model, units.to(method.device), forward_kwargs)
+    evaluate = SelectedUnits(model, units.to(method.device), forward_kwargs, targets[0].time_window)
     started = [start_run(method, seed, batch_shape) for seed in seeds]
     finals = ascend(evaluate, model, method, [guess for guess, _ in started], [run for _, run in started])
     return [
@@ -205,16 +247,35 @@ def generate_many(
             logger.warning("generating the keys of the failed batch one at a time")
             yield from one_at_a_time(indices)
 
-    indices = list(range(len(objectives)))
-    reason = why_not_batched(method_fn, config, objectives) if objectives else "nothing to generate"
+    reason = _why_method_not_batched(method_fn, config) if objectives else "nothing to generate"
     if reason is not None:
-        logger.info("generating %d MEIs one at a time: %s", len(indices), reason)
-        yield from one_at_a_time(indices)
+        logger.info("generating %d MEIs one at a time: %s", len(objectives), reason)
+        yield from one_at_a_time(range(len(objectives)))
         return
-    size = batch_size or configured_batch_size() or _estimated_or_fallback(dataloaders, objectives, config, shape)
-    logger.info("generating %d MEIs in batches of up to %d", len(indices), size)
-    for first in range(0, len(indices), size):
-        yield from batched(indices[first : first + size])
+    for group in sub_batches(objectives):
+        if target_of(objectives[group[0]]) is None:
+            yield from one_at_a_time(group)
+            continue
+        size = batch_size or batch_size_for(dataloaders, objectives[group[0]], method_fn, config, shape)
+        logger.info("generating %d MEIs in batches of up to %d", len(group), size)
+        for first in range(0, len(group), size):
+            # A batch of one is the same generation at a batch's extra cost.
+            run = one_at_a_time if len(group[first : first + size]) == 1 else batched
+            yield from run(group[first : first + size])
+
+
+def batch_size_for(
+    dataloaders: Mapping[str, Any] | None,
+    objective: nn.Module,
+    method_fn: str,
+    config: Mapping[str, Any],
+    shape: Sequence[int] | None = None,
+) -> int:
+    """How many keys like ``objective``'s (one model and its forward kwargs, one method) this process generates
+    in one batch: 1 when they cannot be batched, else ``MEI_BATCH_SIZE`` or ``estimated_batch_size``."""
+    if _why_method_not_batched(method_fn, config) is not None or target_of(objective) is None:
+        return 1
+    return configured_batch_size() or _estimated_or_fallback(dataloaders, [objective], config, shape)
 
 
 def configured_batch_size(environ: Mapping[str, str] | None = None) -> int | None:
@@ -233,13 +294,27 @@ def estimated_batch_size(
     config: Mapping[str, Any],
     shape: Sequence[int] | None = None,
 ) -> int:
-    """Keys per batch: on a GPU as many as fit in the free memory, measured with a probe step; on the CPU 32."""
+    """Keys per batch: on a GPU as many as fit in the free memory, measured with a probe step once per model,
+    device, input shape and images per key; on the CPU 32 (``docs/performance.md``: larger batches gain
+    little there and a batch's first result comes later)."""
     method = MethodConfig.parse(config)
     if method.device.type != "cuda":
         return CPU_BATCH_SIZE
-    probe = 4
     batch_shape = input_shape(dataloaders, shape)
     target = target_of(objectives[0])
+    measured = _measured_sizes.setdefault(target.model, {})
+    situation = (str(method.device), batch_shape, method.n_meis)
+    if situation not in measured:
+        measured[situation] = _fitting_batch_size(target, method, batch_shape)
+    return measured[situation]
+
+
+# Per model (forgotten with it): the batch size measured on a device for an input shape and images per key.
+_measured_sizes: weakref.WeakKeyDictionary[nn.Module, dict[tuple, int]] = weakref.WeakKeyDictionary()
+
+
+def _fitting_batch_size(target: Target, method: MethodConfig, batch_shape: tuple[int, ...]) -> int:
+    probe = 4
     with generation_mode(target.model, method.device):
         torch.cuda.synchronize(method.device)
         torch.cuda.reset_peak_memory_stats(method.device)
@@ -247,7 +322,7 @@ def estimated_batch_size(
         images = torch.zeros(probe * method.n_meis, *batch_shape[1:], device=method.device, requires_grad=True)
         units = torch.full((probe * method.n_meis,), target.unit, device=method.device)
         forward_kwargs = {**target.forward_kwargs, **method.model_forward_kwargs}
-        SelectedUnits(target.model, units, forward_kwargs)(images, None).sum().backward()
+        SelectedUnits(target.model, units, forward_kwargs, target.time_window)(images, None).sum().backward()
         per_key = (torch.cuda.max_memory_allocated(method.device) - before) / probe
         del images
     free, _ = torch.cuda.mem_get_info(method.device)

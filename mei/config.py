@@ -15,10 +15,12 @@ from .import_utils import build_component, import_object
 
 REQUIRED_COMPONENTS = ("initial", "optimizer", "stopper")
 OPERATION_COMPONENTS = ("transform", "regularization", "precondition", "postprocessing")
-SETTINGS = ("device", "n_meis", "model_forward_kwargs", "inhibitory", "objectives")
+SETTINGS = ("device", "n_meis", "model_forward_kwargs", "inhibitory", "objectives", "validation")
+TRANSPARENCY_KEYS = ("transparency", "transparency_weight", "background")
 # Keys that lab configs written for the reference framework carry and that it ignored as well.
-IGNORED_LEGACY_KEYS = ("mei_shape", "transparency", "transparency_weight", "background")
-KNOWN_KEYS = frozenset(REQUIRED_COMPONENTS + OPERATION_COMPONENTS + SETTINGS + IGNORED_LEGACY_KEYS)
+IGNORED_LEGACY_KEYS = ("mei_shape",)
+BUILT_IN_METHODS = ("mei.methods.gradient_ascent", "mei.methods.diverse_gradient_ascent")
+KNOWN_KEYS = frozenset(REQUIRED_COMPONENTS + OPERATION_COMPONENTS + SETTINGS + TRANSPARENCY_KEYS + IGNORED_LEGACY_KEYS)
 
 
 def resolve_device(name: Any) -> torch.device:
@@ -47,6 +49,10 @@ class MethodConfig:
     n_meis: int = 1
     inhibitory: bool = False
     model_forward_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    validation: Mapping[str, Any] | None = None
+    # With transparency, the background component's spec and the weight (``mei.transparency``).
+    background: Mapping[str, Any] | None = None
+    transparency_weight: float = 1.0
 
     @classmethod
     def parse(cls, config: Mapping[str, Any]) -> MethodConfig:
@@ -61,8 +67,7 @@ class MethodConfig:
         missing = [key for key in ("device", *REQUIRED_COMPONENTS) if key not in config]
         if missing:
             raise ConfigurationError(f"the method config lacks the required keys {missing}")
-        if config.get("transparency"):
-            raise ConfigurationError("transparency mode is not supported; remove 'transparency' or set it False")
+        background, transparency_weight = _transparency(config)
         n_meis = config.get("n_meis", 1)
         if isinstance(n_meis, bool) or not isinstance(n_meis, int) or n_meis < 1:
             raise ConfigurationError(f"n_meis must be a positive integer, got {n_meis!r}")
@@ -80,6 +85,14 @@ class MethodConfig:
         components = {
             role: config[role] for role in REQUIRED_COMPONENTS + OPERATION_COMPONENTS if config.get(role) is not None
         }
+        validation = config.get("validation")
+        if validation is not None:
+            _check_validation(validation)
+            if background is not None:
+                raise ConfigurationError(
+                    "validation scores the images as they are, without their background: it cannot be combined "
+                    "with transparency"
+                )
         return cls(
             device=resolve_device(config["device"]),
             components=components,
@@ -87,7 +100,60 @@ class MethodConfig:
             n_meis=n_meis,
             inhibitory=bool(config.get("inhibitory", False)),
             model_forward_kwargs=dict(forward_kwargs),
+            validation=validation,
+            background=background,
+            transparency_weight=transparency_weight,
         )
+
+
+def _transparency(config: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, float]:
+    """The background spec and weight when ``transparency`` is on, else ``(None, 1.0)``: the reference read
+    ``transparency_weight`` and ``background`` only then."""
+    if not config.get("transparency", False):
+        return None, 1.0
+    background = config.get("background")
+    if not isinstance(background, Mapping) or "path" not in background:
+        raise ConfigurationError(
+            "transparency needs a 'background' component, e.g. {'path': 'mei.legacy.ops.WhiteNoiseBackground', "
+            f"'kwargs': {{'mean': 0, 'std': 1, 'shape': [1, 1, 36, 64], 'strength': 1}}}}, got {background!r}"
+        )
+    weight = config.get("transparency_weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float):
+        raise ConfigurationError(f"transparency_weight must be a number, got {weight!r}")
+    return background, float(weight)
+
+
+def _check_validation(validation: Any) -> None:
+    held_out = validation.get("held_out") if isinstance(validation, Mapping) else None
+    valid_held_out = isinstance(held_out, int) and not isinstance(held_out, bool) and held_out > 0
+    if not isinstance(validation, Mapping) or len(validation) != 1 or not (valid_held_out or "model" in validation):
+        raise ConfigurationError(
+            "validation must be {'held_out': k} (score the MEI on the ensemble's last k members, climbing the "
+            "others) or {'model': {'path': ..., 'kwargs': {...}}} (a function on the allow-list that returns the "
+            f"held-out model), got {validation!r}"
+        )
+
+
+@dataclass(frozen=True)
+class Diversity:
+    """The ``diversity`` settings of ``mei.methods.diverse_gradient_ascent``: each image is held above
+    ``fraction`` of the MEI's activation, and ``weight`` scales the images' diversity (``diversity_of``)."""
+
+    fraction: float = 0.85
+    weight: float = 1.0
+
+    @classmethod
+    def parse(cls, settings: Any) -> Diversity:
+        if not isinstance(settings, Mapping) or set(settings) - {"fraction", "weight"}:
+            raise ConfigurationError(
+                f"diversity must be a dict with 'fraction' (0 to 1) and 'weight' (> 0), got {settings!r}"
+            )
+        if any(isinstance(value, bool) or not isinstance(value, int | float) for value in settings.values()):
+            raise ConfigurationError(f"diversity's fraction and weight must be numbers, got {settings!r}")
+        diversity = cls(**settings)
+        if not 0 < diversity.fraction <= 1 or not diversity.weight > 0:
+            raise ConfigurationError(f"diversity needs 0 < fraction <= 1 and weight > 0, got {settings!r}")
+        return diversity
 
 
 def validate_method(method_fn: str, method_config: Mapping[str, Any]) -> None:
@@ -99,10 +165,13 @@ def validate_method(method_fn: str, method_config: Mapping[str, Any]) -> None:
         method = import_object(method_fn)
         if not callable(method):
             raise ConfigurationError(f"method_fn '{method_fn}' is not callable")
-        if method_fn != "mei.methods.gradient_ascent":
+        if method_fn not in BUILT_IN_METHODS:
             return
         if not isinstance(method_config, Mapping):
             raise ConfigurationError(f"the method config must be a dict, got {type(method_config).__name__}")
+        if method_fn == "mei.methods.diverse_gradient_ascent":
+            Diversity.parse(method_config.get("diversity", {}))
+            method_config = {name: value for name, value in method_config.items() if name != "diversity"}
         MethodConfig.parse({**method_config, "device": "cpu"})
         if str(method_config.get("device", "")).split(":")[0] not in ("cpu", "cuda"):
             raise ConfigurationError(f"device must be 'cpu' or 'cuda', got {method_config.get('device')!r}")

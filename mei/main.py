@@ -14,7 +14,7 @@ import datajoint as dj
 from torch import Tensor, nn
 
 from . import codecs, policy  # noqa: F401 - codecs registers <torch>
-from .batching import generate_many
+from .batching import batch_size_for, generate_many
 from .config import validate_method
 from .database import ActivatesSchema, LazySchema, PartsPerSubclass, store_name
 from .hashing import hash_list_of_dictionaries, make_hash
@@ -197,12 +197,26 @@ class MEITemplate(dj.Computed):
                     yield index, error
             return
         groups: dict[tuple, list[int]] = {}
-        model_key, method_key = self.trained_model_table().primary_key, self.method_table().primary_key
         for index, key in enumerate(keys):
-            group = tuple(key[name] for name in (*model_key, *method_key))
-            groups.setdefault(group, []).append(index)
+            groups.setdefault(tuple(key[name] for name in self.batch_attributes), []).append(index)
         for indices in groups.values():
             yield from self._compute_group(keys, fetched, indices, interrupts)
+
+    @property
+    def batch_attributes(self) -> tuple[str, ...]:
+        """The attributes keys must share to be generated in one batch: one trained model, one method."""
+        return (*self.trained_model_table().primary_key, *self.method_table().primary_key)
+
+    def batch_size(self, key: Mapping[str, Any]) -> int:
+        """How many keys like ``key`` (its trained model and method) this process generates in one batch: 1 for
+        a table that computes key by key, else ``mei.batching.batch_size_for`` (the model loaded from the
+        process's cache, as generating it will)."""
+        if not self._generates_as_template():
+            return 1
+        with policy.enforced():
+            dataloaders, model = self.load_model(key)
+            method_fn, method_config = (self.method_table & key).fetch1("method_fn", "method_config")
+            return batch_size_for(dataloaders, self.objective_model(model, key), method_fn, method_config)
 
     def _generates_as_template(self) -> bool:
         cls = type(self)

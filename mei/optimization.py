@@ -14,6 +14,7 @@ from .domain import BatchStep, State
 from .errors import GradientError
 from .progress import current_observer
 from .tracking import Tracker
+from .transparency import Transparency
 
 Operation = Callable[[Tensor, int], Tensor]
 
@@ -68,6 +69,7 @@ def optimize(
     precondition: Operation | None = None,
     postprocessing: Operation | None = None,
     inhibitory: bool = False,
+    transparency: Transparency | None = None,
 ) -> list[State]:
     """Runs gradient ascent on the leaf tensor ``x`` until every run's stopper says stop; returns their last states.
 
@@ -77,6 +79,8 @@ def optimize(
     keeps each image's gradient its own. A run that stops leaves the batch (its rows are dropped from ``x`` and
     from the optimizer's state) while the others go on. Values stay on the device; a ``State`` copies them to
     the host only when read, and is made only for the steps on which a stopper or a tracker needs it (``Plan``).
+    With ``transparency`` (one run), the model sees the image blended over a background instead of the
+    transform's output, and the loss is the reference's (``mei.transparency``).
     """
     observer = current_observer()
     single = len(runs) == 1
@@ -86,17 +90,9 @@ def optimize(
     input_ = x.detach().clone()
     i_iter = 0
     while True:
-        n_images = x.shape[0]
-        transformed = x if transform is None else transform(x, i_iter)
-        evaluations = per_image_evaluations(evaluate(transformed, rows), n_images, joint_allowed=single)
-        if inhibitory:
-            evaluations = -evaluations
-        reg_term = (
-            torch.zeros(())
-            if regularization is None
-            else per_image_terms(regularization(transformed, i_iter), n_images, joint_allowed=single)
+        transformed, evaluations, reg_term, loss = _forward(
+            x, i_iter, rows, evaluate, transform, regularization, transparency, inhibitory=inhibitory, single=single
         )
-        loss = reg_term.sum() - evaluations.sum()
         x.grad = None
         if not loss.requires_grad:
             raise GradientError("Gradient did not reach MEI: the model's output does not depend on its input")
@@ -130,6 +126,39 @@ def optimize(
             active = [run for run, goes in zip(active, going, strict=True) if goes]
             plan = Plan(active)
         i_iter += 1
+
+
+def _forward(
+    x: Tensor,
+    i_iter: int,
+    rows: Tensor | None,
+    evaluate: Evaluate,
+    transform: Operation | None,
+    regularization: Operation | None,
+    transparency: Transparency | None,
+    *,
+    inhibitory: bool,
+    single: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step's forward pass: the model's input, the evaluation of each image, the regularization terms and
+    the loss to minimise."""
+    n_images = x.shape[0]
+    if transparency is not None:
+        transformed = transparency.model_input(x, i_iter)
+    else:
+        transformed = x if transform is None else transform(x, i_iter)
+    evaluations = per_image_evaluations(evaluate(transformed, rows), n_images, joint_allowed=single)
+    if inhibitory:
+        evaluations = -evaluations
+    if transparency is not None:
+        mean_alpha = transparency.mean_alpha(x)
+        reg_term = torch.zeros(()) if regularization is None else torch.as_tensor(regularization(mean_alpha, i_iter))
+        return transformed, evaluations, reg_term, transparency.loss(evaluations, reg_term, mean_alpha)
+    if regularization is None:
+        reg_term = torch.zeros(())
+    else:
+        reg_term = per_image_terms(regularization(transformed, i_iter), n_images, joint_allowed=single)
+    return transformed, evaluations, reg_term, reg_term.sum() - evaluations.sum()
 
 
 def _declared_beside(component: Any, name: str, beside: str = "__call__") -> Any:

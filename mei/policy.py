@@ -36,6 +36,7 @@ FRAMEWORK_MODULES = (
     "mei.preconditions",
     "mei.postprocessing",
     "mei.legacy.ops",
+    "mei.backgrounds",
     "mei.methods",
     "torch.optim",
 )

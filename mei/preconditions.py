@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .operation import Operation, decayed
+from .operation import Operation, as_frames, decayed
 
 
 @functools.lru_cache(maxsize=64)
@@ -23,7 +23,8 @@ def _gaussian_window(sigma: float, half_width: int, device: torch.device, dtype:
 
 
 class GaussianBlur(Operation):
-    """Blurs each channel of each image with a Gaussian of std ``sigma`` (pixels), reflecting at the edges.
+    """Blurs each channel of each image (or video frame) with a Gaussian of std ``sigma`` (pixels), reflecting
+    at the edges.
 
     With ``decay_factor`` the std at iteration ``i`` is ``sigma + decay_factor * (i - 1)``. The window is
     truncated at ``truncate`` stds (at least one pixel each side) and normalised to sum to one.
@@ -44,11 +45,38 @@ class GaussianBlur(Operation):
         if sigma <= 0:
             raise ValueError(f"GaussianBlur: sigma decayed to {sigma} at iteration {iteration}; it must stay positive")
         half_width = max(round(sigma * self.truncate), 1)
-        channels = x.shape[1]
+        frames = as_frames(x, self)
+        channels = frames.shape[1]
         window = _gaussian_window(float(sigma), half_width, x.device, x.dtype)
-        padded = F.pad(x, (half_width,) * 4, mode=self.pad_mode)
+        padded = F.pad(frames, (half_width,) * 4, mode=self.pad_mode)
         blurred = F.conv2d(padded, window.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
-        return F.conv2d(blurred, window.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+        blurred = F.conv2d(blurred, window.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+        return blurred.reshape(x.shape)
+
+
+class TemporalLowPass(Operation):
+    """Smooths each pixel of a video over time with a Gaussian of std ``sigma`` frames, repeating the first and
+    last frames at the ends: a precondition against flicker, which a video model's temporal filters barely see.
+    The window is truncated at ``truncate`` stds (at least one frame each side) and sums to one."""
+
+    def __init__(self, sigma: float, truncate: float = 4) -> None:
+        if sigma <= 0:
+            raise ValueError(f"sigma must be positive, got {sigma!r}")
+        self.sigma = sigma
+        self.truncate = truncate
+
+    def __call__(self, x: Tensor, iteration: int) -> Tensor:
+        if x.dim() != 5:
+            raise ValueError(
+                f"TemporalLowPass smooths videos (batch, channels, time, height, width), got a tensor of shape "
+                f"{tuple(x.shape)}"
+            )
+        half_width = max(round(self.sigma * self.truncate), 1)
+        window = _gaussian_window(float(self.sigma), half_width, x.device, x.dtype)
+        series = x.movedim(2, -1)  # (batch, channels, height, width, time)
+        padded = F.pad(series.reshape(-1, 1, x.shape[2]), (half_width, half_width), mode="replicate")
+        smoothed = F.conv1d(padded, window.view(1, 1, -1))
+        return smoothed.reshape(series.shape).movedim(-1, 2)
 
 
 @functools.lru_cache(maxsize=16)

@@ -1,18 +1,21 @@
 """The model during generation: on the device, in eval mode, frozen, and with cheaper equivalent layers.
 
-Two rewrites give the same function for less work, and both are undone when generation ends:
+Four rewrites give the same function for less work, and all are undone when generation ends:
 
 - a batch norm in eval mode is an affine map per channel, so one that directly follows a convolution in an
-  ``nn.Sequential`` is folded into that convolution's weights and bias (two fewer passes over the
-  activations, forward and backward);
+  ``nn.Sequential`` (or ends a nested one, as a depth-separable convolution does) is folded into that
+  convolution's weights and bias (two fewer passes over the activations, forward and backward);
 - on the CPU, a 2-D convolution of at most four input channels (the first layer of most vision models) runs
   on PyTorch's im2col-and-matrix-product kernel: for so few channels oneDNN's kernel, PyTorch's default, takes
   up to 8 times as long for the forward pass and input gradient, and about as long at four channels on large
-  images (``bench/conv_kernels.py``, ``docs/performance.md``).
+  images (``bench/conv_kernels.py``, ``docs/performance.md``);
+- the lab library's unshifted ``AdaptiveELU`` runs as one ELU instead of three passes;
+- the lab library's readouts compute only the neurons an objective selects (``mei.readouts``).
 
 Only the exact PyTorch classes are rewritten, never subclasses (which may compute their weights otherwise),
-modules with hooks or containers used in more than one place. A probe then checks the rewrite: the objective
-of the first images and its input gradient must not change beyond rounding, else the model runs as it is.
+modules with hooks or containers used in more than one place. A probe then checks each rewrite in turn: the
+objective of the first images and its input gradient must not change beyond rounding, else the model runs
+without that rewrite, and a warning says why.
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from . import readouts
+from .library import library_class
 
 CONVOLUTION_BEFORE_NORM = {nn.BatchNorm1d: nn.Conv1d, nn.BatchNorm2d: nn.Conv2d, nn.BatchNorm3d: nn.Conv3d}
 IM2COL_MAX_INPUT_CHANNELS = 4
@@ -74,9 +80,13 @@ class Im2colConv2d(nn.Conv2d):
 
 
 @contextmanager
-def generation_mode(model: nn.Module, device: torch.device | str, probe: Probe | None = None) -> Iterator[nn.Module]:
-    """Moves the model to ``device`` in eval mode with frozen parameters and cheaper equivalent layers (kept
-    only if ``probe`` finds them equal); restores its layers, modes and flags after."""
+def generation_mode(
+    model: nn.Module, device: torch.device | str, probe: Probe | None = None, *, rewrite: bool = True
+) -> Iterator[nn.Module]:
+    """Moves the model to ``device`` in eval mode with frozen parameters and (with ``rewrite``) cheaper
+    equivalent layers, kept only if ``probe`` finds them equal; restores its layers, modes and flags after.
+    Without a probe the rewrites are trusted: pass ``rewrite=False`` where a value must be the model's own
+    and no probe has checked it (a one-off evaluation)."""
     device = torch.device(device)
     parameters = list(model.parameters())
     requires_grad = [parameter.requires_grad for parameter in parameters]
@@ -87,7 +97,8 @@ def generation_mode(model: nn.Module, device: torch.device | str, probe: Probe |
         parameter.requires_grad_(False)
     swaps: list[Swap] = []
     try:
-        _rewrite(model, device, probe, swaps)
+        if rewrite:
+            _rewrite(model, device, probe, swaps)
         yield model
     finally:
         _undo(swaps)
@@ -97,38 +108,77 @@ def generation_mode(model: nn.Module, device: torch.device | str, probe: Probe |
             module.training = training
 
 
+@dataclass(frozen=True)
+class Rewrite:
+    """A rewrite of the model: ``apply(model, device, swaps)`` records its swaps and returns why it left some
+    layers as they are (or ``None``); ``refused`` begins the warning when the probe finds it changes the model."""
+
+    apply: Callable[[nn.Module, torch.device, list[Swap]], str | None]
+    refused: str
+
+
+def _cheaper_layers(model: nn.Module, device: torch.device, swaps: list[Swap]) -> None:
+    _fold_batch_norms(model, swaps)
+    if device.type == "cpu":
+        _im2col_convolutions(model, swaps)
+    _unshifted_activations(model, swaps)
+
+
+def _selected_readouts(model: nn.Module, device: torch.device, swaps: list[Swap]) -> str | None:
+    replacements, reason = readouts.stand_ins(model)
+    uses = _uses(model)
+    for parent, name, stand_in in replacements:
+        # A readout registered in several places (a cloned readout's source) is computed in full.
+        if uses[id(stand_in.readout)] == 1 and not _hooked(stand_in.readout):
+            _swap(swaps, parent, name, stand_in)
+    return reason
+
+
+REWRITES = (
+    Rewrite(_cheaper_layers, "generating with the model's layers as they are: rewritten (batch norms folded, "
+            "convolutions on the im2col kernel, activations merged)"),
+    Rewrite(_selected_readouts, "evaluating every neuron of the model's readouts: evaluated at the selected "
+            "neurons only"),
+)  # fmt: skip
+
+
 def _rewrite(model: nn.Module, device: torch.device, probe: Probe | None, swaps: list[Swap]) -> None:
-    with torch.no_grad():
-        _fold_batch_norms(model, swaps)
-        if device.type == "cpu":
-            _im2col_convolutions(model, swaps)
-    if probe is None or not swaps:
-        return
-    applied = list(swaps)
-    rewritten, failure = None, None
-    try:
-        rewritten = _response(probe, device)
-    except MODEL_ERRORS as error:
-        failure = repr(error)  # not the error itself: its traceback would hold the probe's tensors
-    _undo(swaps)
-    try:
-        expected = _response(probe, device)
-    except MODEL_ERRORS:
-        return  # the model fails as it is too: the generation reports that
-    if rewritten is None:
-        # The model may reach into the layers that were replaced.
-        logger.warning("generating with the model's layers as they are: with them rewritten, %s", failure)
-        return
-    n_images = probe.images.shape[0]
-    if not all(_close(found, wanted, n_images) for found, wanted in zip(rewritten, expected, strict=True)):
+    """Applies the rewrites one after the other, each kept only if the probe finds the model unchanged by it."""
+    expected = None  # the probe's response to the model as rewritten so far, once a rewrite needs it
+    for rewrite in REWRITES:
+        start = len(swaps)
+        with torch.no_grad():
+            left_alone = rewrite.apply(model, device, swaps)
+        if left_alone is not None:
+            logger.warning("%s: %s", rewrite.refused.split(":")[0], left_alone)
+        if probe is None or len(swaps) == start:
+            continue
+        if expected is None:
+            stage = swaps[start:]
+            _undo(swaps, start)
+            try:
+                expected = _response(probe, device)
+            except MODEL_ERRORS:
+                return  # the model fails as it is: the generation reports that
+            for parent, name, _, replacement in stage:
+                _swap(swaps, parent, name, replacement)
+        try:
+            found = _response(probe, device)
+        except MODEL_ERRORS as error:
+            _undo(swaps, start)
+            # The error's text, not the error: its traceback would hold the probe's tensors.
+            logger.warning("%s, the model fails: %r", rewrite.refused, error)
+            continue
+        n_images = probe.images.shape[0]
+        if all(_close(value, wanted, n_images) for value, wanted in zip(found, expected, strict=True)):
+            expected = found
+            continue
+        _undo(swaps, start)
         logger.warning(
-            "generating with the model's layers as they are: rewritten (batch norms folded, convolutions on the "
-            "im2col kernel), they change its objective or gradient beyond rounding; the model may call its "
-            "layers out of order or compute in low precision"
+            "%s, they change its objective or gradient beyond rounding; the model may call its layers out of "
+            "order, compute in low precision or mix neurons after its readout",
+            rewrite.refused,
         )
-        return
-    for parent, name, _, replacement in applied:
-        _swap(swaps, parent, name, replacement)
 
 
 def _response(probe: Probe, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -158,15 +208,21 @@ def _swap(swaps: list[Swap], parent: nn.Module, name: str, replacement: nn.Modul
     parent._modules[name] = replacement
 
 
-def _undo(swaps: list[Swap]) -> None:
-    while swaps:
+def _undo(swaps: list[Swap], start: int = 0) -> None:
+    """Undoes the swaps from position ``start`` on, last first."""
+    while len(swaps) > start:
         parent, name, original, _ = swaps.pop()
         parent._modules[name] = original
 
 
+def _uses(model: nn.Module) -> Counter[int]:
+    """How often each module is registered in ``model``; ``_modules`` rather than ``named_children()``, which
+    hides a module registered twice in one container."""
+    return Counter(id(child) for parent in model.modules() for child in parent._modules.values())
+
+
 def _fold_batch_norms(model: nn.Module, swaps: list[Swap]) -> None:
-    # ``_modules`` rather than ``named_children()``, which hides a module registered twice in one container.
-    uses = Counter(id(child) for parent in model.modules() for child in parent._modules.values())
+    uses = _uses(model)
     for parent in list(model.modules()):
         if not _runs_in_order(parent):
             continue
@@ -202,6 +258,21 @@ def _last_layer(
     while _runs_in_order(module) and len(module) > 0 and uses[id(module)] == 1 and not _hooked(module):
         parent, (name, module) = module, list(module._modules.items())[-1]
     return parent, name, module
+
+
+def _unshifted_activations(model: nn.Module, swaps: list[Swap]) -> None:
+    """The lab library's ``AdaptiveELU`` without shifts (its cores' default) is an ELU in three passes over the
+    activations (subtract 0, ELU, add 0): one suffices."""
+    for parent in list(model.modules()):
+        for name, activation in list(parent._modules.items()):
+            if (
+                activation is not None
+                and library_class(activation, {"AdaptiveELU"}) is not None
+                and activation.xshift == 0
+                and activation.yshift == 0
+                and not _hooked(activation)
+            ):
+                _swap(swaps, parent, name, nn.ELU())
 
 
 def _im2col_convolutions(model: nn.Module, swaps: list[Swap]) -> None:

@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .operation import Operation
+from .operation import Operation, as_frames
 
 
 class Jitter(Operation):
-    """Shifts the image by a random offset in ``[-max_jitter, max_jitter]`` per axis, reflecting at the edges.
+    """Shifts the image by a random offset in ``[-max_jitter, max_jitter]`` per axis, reflecting at the edges
+    (a video: every frame by the same offset).
 
     One offset is drawn per call from the global torch generator on the CPU, so it is the same on every
     device for a given seed. The draw makes the result depend on the call order: not batch-safe.
@@ -27,10 +28,10 @@ class Jitter(Operation):
     def __call__(self, x: Tensor, iteration: int) -> Tensor:
         max_y, max_x = self.max_jitter
         shift_y, shift_x = (int(torch.randint(-m, m + 1, ())) for m in (max_y, max_x))
-        padded = F.pad(x, (max_x, max_x, max_y, max_y), mode="reflect")
+        padded = F.pad(as_frames(x, self), (max_x, max_x, max_y, max_y), mode="reflect")
         height, width = x.shape[-2:]
         top, left = max_y - shift_y, max_x - shift_x
-        return padded[..., top : top + height, left : left + width]
+        return padded[..., top : top + height, left : left + width].reshape(x.shape)
 
 
 class ChangeRange(Operation):

@@ -12,7 +12,8 @@ missing,       queued (``task:<id>``)                    ``mark_queued`` (``enqu
 unqueued
 queued         unqueued                                  ``unqueue`` (never sent), ``requeue_lost`` (the
                                                          message is no longer on the broker)
-queued         running (``host``, ``pid``, a lease)      ``claim`` (the worker of the task)
+queued         running (``host``, ``pid``, a lease)      ``claim`` (the worker of the task), ``claim_alike``
+                                                         (a worker filling its batch with keys of other tasks)
 running        running, lease renewed                    ``renew_leases`` (the worker's heartbeat)
 running        done (no job row, or ``success``)         ``complete`` (inside the insert's transaction)
 running        failed (message, traceback)               ``fail``
@@ -219,6 +220,42 @@ def claim(table: Any, keys: Sequence[Mapping[str, Any]], task_id: str) -> list[d
     )
 
 
+def claim_alike(
+    table: Any, held: Sequence[Mapping[str, Any]], shared: Sequence[str], limit: int, task_id: str
+) -> list[dict]:
+    """queued -> running: reserves for this task up to ``limit`` keys besides the ``held`` ones that share the
+    first held key's values of the ``shared`` attributes (one trained model and method: keys one batch can
+    take), queued (oldest first) or reserved so before (a retry); returns them. The messages that carry them
+    find them taken when they arrive and write nothing."""
+    jobs = declared_jobs(table)
+    connection = jobs.connection
+    matches = " AND ".join(f'"{name}" = %s' for name in shared)
+    held_condition, held_args = _key_condition(jobs.primary_key, [json_key(key) for key in held])
+    # Materialized, so that the rows are picked once; its own earlier keys first (a retry), then the oldest.
+    return _rows(
+        jobs,
+        f"WITH picked AS MATERIALIZED (SELECT ctid FROM {jobs.full_table_name} "
+        f"WHERE (({condition(KeyState.QUEUED)}) OR ({condition(KeyState.RUNNING)} AND version = %s)) "
+        f"AND {matches} AND NOT {held_condition} "
+        "ORDER BY (version = %s) DESC, priority, scheduled_time LIMIT %s FOR UPDATE SKIP LOCKED) "
+        f"UPDATE {jobs.full_table_name} SET status = 'reserved', reserved_time = CURRENT_TIMESTAMP(3), "
+        f'host = %s, pid = %s, connection_id = %s, "user" = %s, version = %s '
+        f"WHERE ctid IN (SELECT ctid FROM picked) RETURNING {_quoted(jobs.primary_key)}",
+        [
+            marker(task_id),
+            *(json_key(held[0])[name] for name in shared),
+            *held_args,
+            marker(task_id),
+            limit,
+            platform.node(),
+            os.getpid(),
+            connection.connection_id,
+            connection.get_user(),
+            marker(task_id),
+        ],
+    )
+
+
 def renew_leases(connection: Any, jobs_table: str, host: str, pid: int) -> int:
     """running -> running: renews the lease (``reserved_time``) of every key that ``host:pid`` holds in the jobs
     table named ``jobs_table``; returns how many. Rows locked by a transaction are skipped, not waited for:
@@ -358,8 +395,7 @@ def count_states(table: Any, keys: Sequence[Mapping[str, Any]]) -> dict[str, int
             f"SELECT count(*) FROM {table.full_table_name} WHERE {key_condition}", args=args
         ).fetchone()[0]
         for state, number in jobs.connection.query(
-            f"SELECT CASE {states} END AS state, count(*) FROM {jobs.full_table_name} WHERE {key_condition} "
-            "GROUP BY 1",
+            f"SELECT CASE {states} END AS state, count(*) FROM {jobs.full_table_name} WHERE {key_condition} GROUP BY 1",
             args=args,
         ).fetchall():
             if state is not None:

@@ -81,3 +81,20 @@ class EveryStepEvaluation(EvaluationObjective):
 
     def __call__(self, current_state):
         return current_state.evaluation
+
+
+def held_out_population(seed):
+    """A lab's second model, loaded for validation: Gabor neurons drawn from ``seed``."""
+    from mei.synthetic import LinearNonlinearPopulation, gabor_filters
+
+    return LinearNonlinearPopulation(gabor_filters(3, 12, 16, seed=seed))
+
+
+class AlphaCost:
+    """A transparency regularization: it receives the mean alpha, as the reference passed it."""
+
+    def __init__(self, weight):
+        self.weight = weight
+
+    def __call__(self, mean_alpha, iteration):
+        return self.weight * mean_alpha

@@ -17,7 +17,7 @@ from mei.hashing import hash_list_of_dictionaries, make_hash
 from mei.main import MEIMethod, MEISeed, MEITemplate
 from mei.methods import gradient_ascent
 from mei.model_cache import ModelCache, models
-from mei.modules import ConstrainedOutputModel
+from mei.modules import ConstrainedOutputModel, ContrastiveOutputModel
 from mei_service.demo.pipeline import MEI, Objective, TrainedEnsembleModel, TrainedModel
 from mei_service.demo.pipeline import TrainedEnsembleModel as DemoEnsemble
 
@@ -215,6 +215,40 @@ class TestPopulate:
         MEISeed().insert1({"mei_seed": 5})
         SelectedMEI().populate()
         assert isinstance((SelectedMEI & method).fetch1("mei"), torch.Tensor)
+
+    def test_an_objective_table_of_contrasts_gives_most_discriminative_stimuli(self, trained, clean_framework_tables):
+        schema = dj.Schema(f"{SCHEMA_PREFIX}_contrast")
+
+        @schema
+        class Contrast(dj.Lookup):
+            definition = """
+            -> self.dataset_table
+            neuron_id : int32      # the neuron to drive
+            ---
+            against : int32        # the neuron to hold down
+            temperature : float64
+            """
+
+            dataset_table = Dataset
+
+            def get_objective(self, model, key):
+                against, temperature = (self & key).fetch1("against", "temperature")
+                return ContrastiveOutputModel(model, key["neuron_id"], others=[against], temperature=temperature)
+
+        @schema
+        class ContrastMEI(MEITemplate):
+            trained_model_table = TrainedEnsembleModel
+            objective_table = Contrast
+
+        Contrast().insert1(dict(trained["dataset"], neuron_id=1, against=2, temperature=0.5))
+        method = MEIMethod().add_method("mei.methods.gradient_ascent", experiment.quick_method(iterations=60))
+        MEISeed().insert1({"mei_seed": 5})
+        ContrastMEI().populate()
+        stimulus, score = (ContrastMEI & method).fetch1("mei", "score")
+        _, model = TrainedEnsembleModel().load_model(trained["ensemble"])
+        responses, blank = model(stimulus)[0], model(torch.zeros_like(stimulus))[0]
+        assert responses[1] > blank[1] and responses[2] < blank[2]
+        assert score < 0, "a log-softmax"
 
 
 def test_model_cache_is_bounded_and_least_recently_used():

@@ -15,6 +15,7 @@ import torch
 from service import Flower, Workers, wait_for
 
 from mei.main import MEIMethod, MEISeed
+from mei.methods import gradient_ascent
 from mei.policy import NotAllowedError
 from mei_service import client, enqueue, status
 from mei_service.app import TASK_NAME, app
@@ -118,6 +119,31 @@ def test_a_lab_table_whose_make_fetch_returns_arrays_is_stored_as_populate_would
     MEISeed().insert1({"mei_seed": 1})
     final = enqueue(ArrayInputsMEI & trained["ensemble"]).wait(timeout=120)
     assert (final.done, final.failed) == (neurons(), 0), final
+
+
+def test_the_service_generates_video_and_diverse_meis_equal_to_one_at_a_time(trained, workers, clean_framework_tables):
+    from lab_tables import VideoMEI, VideoObjective, video_model
+
+    VideoObjective().insert([dict(trained["dataset"], neuron_id=unit) for unit in range(4)], skip_duplicates=True)
+    low_pass = {"path": "mei.preconditions.TemporalLowPass", "kwargs": {"sigma": 0.5}}
+    video = experiment.quick_method(10, precondition=low_pass)
+    diverse = dict(experiment.quick_method(10), n_meis=3, diversity={"fraction": 0.8, "weight": 1.0})
+    video_method = MEIMethod().add_method("mei.methods.gradient_ascent", video)
+    diverse_method = MEIMethod().add_method("mei.methods.diverse_gradient_ascent", diverse)
+    MEISeed().insert1({"mei_seed": 2})
+    final = enqueue(VideoMEI & trained["ensemble"]).wait(timeout=180)
+    assert (final.done, final.failed) == (8, 0), final
+    dataloaders, model = video_model()
+    video_keys = (VideoMEI & video_method).keys()
+    assert len(video_keys) == 4
+    for key in video_keys:
+        mei, score = (VideoMEI & key).fetch1("mei", "score")
+        alone = gradient_ascent(dataloaders, VideoObjective().get_objective(model, key), video, 2)
+        assert mei.shape == (1, 1, 6, 8, 8)
+        assert torch.allclose(mei, alone[0], atol=1e-5) and score == pytest.approx(alone[1], abs=1e-5)
+    for images, output in zip(*(VideoMEI & diverse_method).fetch("mei", "output"), strict=True):
+        assert images.shape == (3, 1, 6, 8, 8)
+        assert min(output["diversity"]["activations"]) >= output["diversity"]["floor"]
 
 
 def test_kept_success_records_count_as_done_and_a_deleted_row_is_queued_again(

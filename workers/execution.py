@@ -68,7 +68,8 @@ def store(table: Any, key: Mapping[str, Any], task_id: str, fetched: tuple, comp
 
 
 def run_batch(table: Any, keys: Sequence[Mapping[str, Any]], task_id: str, progress: BatchProgress) -> BatchResult:
-    """Claims the batch's keys and generates them, many in one gradient ascent where the method allows.
+    """Claims the batch's keys, and queued keys like them up to the device's batch, and generates them, many in
+    one gradient ascent where the method allows.
 
     A permanent error fails its key (message and traceback in the jobs table) and the batch goes on. A lost
     connection propagates so that the task is retried; the keys stay reserved under this task's id, which the
@@ -78,6 +79,8 @@ def run_batch(table: Any, keys: Sequence[Mapping[str, Any]], task_id: str, progr
     claimed = jobs.claim(table, keys, task_id)
     result = BatchResult(skipped=[dict(key) for key in keys if dict(key) not in claimed])
     instance = table()
+    claimed += _fill_batch(table, instance, claimed, task_id)
+    progress.total = len(claimed) + len(result.skipped)
     pending = []
     for key in claimed:
         if instance & key:
@@ -111,12 +114,37 @@ def run_batch(table: Any, keys: Sequence[Mapping[str, Any]], task_id: str, progr
         if keys_left and len(keys_left) == len(ready):
             message = (
                 f"SoftTimeLimitExceeded: the batch of {len(ready)} keys ran past MEI_SERVICE_TASK_TIME_LIMIT; "
-                "raise the limit or lower MEI_SERVICE_BATCH_SIZE"
+                "raise the limit or lower MEI_BATCH_SIZE (keys generated together)"
             )
             jobs.fail(table, keys_left[0], task_id, message, traceback.format_exc())
             result.failed.append(keys_left.pop(0))
         result.released = jobs.release(table, keys_left, task_id)
     return result
+
+
+def _fill_batch(table: Any, instance: Any, claimed: list[dict], task_id: str) -> list[dict]:
+    """More queued keys of the first key's trained model and method, claimed up to the batch the device takes:
+    tasks carry a few keys each, a GPU batch may take hundreds."""
+    if not claimed:
+        return []
+    try:
+        room = instance.batch_size(claimed[0]) - len(claimed)
+    except SoftTimeLimitExceeded:
+        raise
+    except Exception as error:
+        if is_transient(error):
+            raise
+        return []  # generating the key meets the same error and records it
+    if room <= 0:
+        return []
+    more = jobs.claim_alike(table, claimed, instance.batch_attributes, room, task_id)
+    if more:
+        logger.info(
+            "claimed %d more queued keys of the same model and method, a batch of %d",
+            len(more),
+            len(claimed) + len(more),
+        )
+    return more
 
 
 def _settle(

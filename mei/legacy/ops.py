@@ -1,5 +1,6 @@
 """The operations lab configs name as ``mei.legacy.ops.<Name>``; they live in modules named for their role."""
 
+from ..backgrounds import WhiteNoiseBackground
 from ..postprocessing import ChangeNorm, ChangeStd, ClipRange
 from ..preconditions import DivideByMeanOfAbsolute, FourierSmoothing, GaussianBlur, MultiplyBy
 from ..regularizers import LpNorm, TotalVariation
@@ -17,4 +18,5 @@ __all__ = [
     "LpNorm",
     "MultiplyBy",
     "TotalVariation",
+    "WhiteNoiseBackground",
 ]
