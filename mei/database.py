@@ -77,7 +77,8 @@ class ActivatesSchema:
 
 def store_description() -> str:
     """Where the external store keeps its objects, for messages: ``file:/path`` or ``s3://bucket/location``."""
-    spec = dj.config["stores"][store_name()]
+    name = store_name()  # first: it may configure the store, replacing dj.config["stores"]
+    spec = dj.config["stores"][name]
     if spec["protocol"] == "file":
         return f"file:{spec['location']}"
     return f"{spec['protocol']}://{spec.get('bucket', '')}/{spec['location']}"

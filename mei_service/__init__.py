@@ -5,6 +5,11 @@
 
 from typing import Any
 
+from mei_service.local import apply_local_defaults
+
+# Every process of the project imports this package first: all of them get the same local defaults.
+apply_local_defaults()
+
 __all__ = ["enqueue", "status"]
 
 

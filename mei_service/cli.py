@@ -6,7 +6,7 @@
     mei-service worker [--gpus 0,1 | --processes N] [--queues Q]
     mei-service status TABLE [--restriction R]
     mei-service cancel TABLE (--restriction R | --where SQL | --all)
-    mei-service retry TABLE (--restriction R | --where SQL | --all)
+    mei-service retry TABLE (--restriction R | --where SQL | --all) [--wait]
     mei-service flower [--port P] [--local]
     mei-service health [--database] [--worker] [--url URL]
     mei-service demo
@@ -25,6 +25,8 @@ import os
 import sys
 from typing import Any
 
+from mei_service.local import endpoints
+
 
 def _table(path: str) -> Any:
     from mei_service.tables import resolve_table
@@ -41,15 +43,22 @@ def _table_and_restriction(args: argparse.Namespace) -> tuple[Any, str | None]:
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
     from mei_service.app import app
-    from mei_service.client import Submission
     from mei_service.scheduler import enqueue
 
     table, restriction = _table_and_restriction(args)
     sent = enqueue(app, table, restriction, priority=args.priority, batch_size=args.batch_size, queue=args.queue)
     print(f"queued {len(sent.keys)} keys in {len(sent.batches)} tasks ({sent.seconds:.2f} s)")
-    if args.wait and sent.batches:
-        print(Submission(table, restriction, sent, app).progress())
-    return 0
+    return _waited(table, restriction) if args.wait else 0
+
+
+def _waited(table: Any, restriction: Any) -> int:
+    """Follows every queued or running key of ``table & restriction`` (queued now or before) until none is
+    left; exit status 1 when any of its keys failed, else 0."""
+    from mei_service.client import follow
+
+    final = follow(table & restriction if restriction is not None else table)
+    print(final)
+    return 1 if final.failed else 0
 
 
 def _tables(paths: list[str]) -> tuple[list[str], list[Any]]:
@@ -107,7 +116,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     table, restriction = _table_and_restriction(args)
     sent = retry(app, table, restriction, all=args.all)
     print(f"queued {len(sent.keys)} keys again in {len(sent.batches)} tasks")
-    return 0
+    return _waited(table, restriction) if args.wait else 0
 
 
 def cmd_worker(args: argparse.Namespace, extra: list[str]) -> int:
@@ -193,7 +202,8 @@ def parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--priority", type=int, help="0 (most urgent) to 9; default MEI_SERVICE_DEFAULT_PRIORITY")
     enqueue.add_argument("--batch-size", type=int, help="keys per task; default MEI_SERVICE_BATCH_SIZE")
     enqueue.add_argument("--queue", help="queue of the workers to use, e.g. a GPU kind")
-    enqueue.add_argument("--wait", action="store_true", help="show progress until every key is done or failed")
+    wait_help = "follow the keys, queued now or before, until none is queued or running; exit 1 if any failed"
+    enqueue.add_argument("--wait", action="store_true", help=wait_help)
     enqueue.set_defaults(run=cmd_enqueue)
 
     init = commands.add_parser("init", help="declare the MEI tables and their schemas (default MEI_SERVICE_TABLES)")
@@ -212,7 +222,9 @@ def parser() -> argparse.ArgumentParser:
     status.set_defaults(run=cmd_status)
 
     restricted("cancel", "withdraw queued keys and stop running ones", True).set_defaults(run=cmd_cancel)
-    restricted("retry", "queue failed keys again", True).set_defaults(run=cmd_retry)
+    retry = restricted("retry", "queue failed keys again", True)
+    retry.add_argument("--wait", action="store_true", help=wait_help)
+    retry.set_defaults(run=cmd_retry)
 
     worker = commands.add_parser("worker", help="start this host's workers (see --help)", add_help=False)
     worker.set_defaults(run=cmd_worker, passthrough=True)
@@ -230,6 +242,10 @@ def parser() -> argparse.ArgumentParser:
     return root
 
 
+# The commands that use the database, the broker and the store say at start which ones.
+ANNOUNCED = ("enqueue", "init", "scheduler", "status", "cancel", "retry")
+
+
 def main(argv: list[str] | None = None) -> int:
     from mei.errors import ConfigurationError
     from mei_service.restrictions import RestrictionError
@@ -242,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         parser().error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        if args.command in ANNOUNCED:
+            logging.getLogger("mei_service").info("using %s", endpoints())
         return args.run(args)
     except (ConfigurationError, RestrictionError, SettingsError) as error:
         # What the user asked for cannot be done as asked: say what, not where in the code.

@@ -78,12 +78,42 @@ def errors(table: Any, restriction: Any = None, limit: int | None = None) -> lis
 
 
 def status(query: Any, latest_errors: int = 5) -> Status:
-    """Counts of done, queued, running and failed keys of a table or a restriction of it."""
+    """Counts of done, queued, running and failed keys of a table or a restriction of it, with the
+    ``latest_errors`` latest failures."""
     table, restriction = split_query(query)
     source, _ = jobs.restricted(table, restriction)
     counts = jobs.count_restricted(table, restriction)
-    recent = [(key, message) for key, message, _ in errors(table, restriction, limit=latest_errors)]
+    recent = (
+        [(key, message) for key, message, _ in errors(table, restriction, limit=latest_errors)] if latest_errors else []
+    )
     return Status(total=len(source), errors=recent, **counts)
+
+
+def follow(query: Any, timeout: float | None = None, poll: float = 1.0) -> Status:
+    """Shows a progress bar over the keys of a table or a restriction of it until none is queued or running
+    any more, whoever queued them (this call, an earlier one, the scheduler)."""
+    table, _ = split_query(query)
+
+    def current(with_errors: bool = True) -> Status:
+        return status(query, latest_errors=5 if with_errors else 0)
+
+    return _follow(current, table_path(table), timeout, poll)
+
+
+def _follow(current: Any, path: str, timeout: float | None, poll: float) -> Status:
+    """``current(with_errors)`` polled under a progress bar until nothing is queued or running, or ``timeout``."""
+    from tqdm.auto import tqdm
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with tqdm(desc=path.rsplit(".", 1)[-1], unit="MEI") as bar:
+        while True:
+            found = current(with_errors=False)
+            bar.total, bar.n = found.done + found.failed + found.queued + found.running, found.done + found.failed
+            bar.set_postfix(running=found.running, queued=found.queued, failed=found.failed)
+            bar.refresh()
+            if found.finished or (deadline is not None and time.monotonic() > deadline):
+                return current(with_errors=True)
+            time.sleep(poll)
 
 
 def _whole_table_guard(action: str, restriction: Any, all: bool) -> None:
@@ -152,18 +182,7 @@ class Submission:
 
     def progress(self, timeout: float | None = None, poll: float = 1.0) -> Status:
         """Shows a progress bar that follows the keys until none is queued or running any more."""
-        from tqdm.auto import tqdm
-
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with tqdm(total=len(self.keys), desc=table_path(self.table).rsplit(".", 1)[-1], unit="MEI") as bar:
-            while True:
-                current = self.status(with_errors=False)
-                bar.n = current.done + current.failed
-                bar.set_postfix(running=current.running, queued=current.queued, failed=current.failed)
-                bar.refresh()
-                if current.finished or (deadline is not None and time.monotonic() > deadline):
-                    return self.status()
-                time.sleep(poll)
+        return _follow(self.status, table_path(self.table), timeout, poll)
 
     def errors(self) -> list[tuple[dict, str]]:
         """``(key, message)`` of this submission's failed keys; tracebacks are in the table's jobs."""

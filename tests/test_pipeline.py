@@ -18,6 +18,7 @@ from mei.main import MEIMethod, MEISeed, MEITemplate
 from mei.methods import gradient_ascent
 from mei.model_cache import ModelCache, models
 from mei.modules import ConstrainedOutputModel, ContrastiveOutputModel
+from mei.results import best_per_unit
 from mei_service.demo.pipeline import MEI, Objective, TrainedEnsembleModel, TrainedModel
 from mei_service.demo.pipeline import TrainedEnsembleModel as DemoEnsemble
 
@@ -249,6 +250,24 @@ class TestPopulate:
         responses, blank = model(stimulus)[0], model(torch.zeros_like(stimulus))[0]
         assert responses[1] > blank[1] and responses[2] < blank[2]
         assert score < 0, "a log-softmax"
+
+    def test_the_best_mei_of_each_unit_is_the_best_scoring_seed(self, trained, clean_framework_tables):
+        method = MEIMethod().add_method("mei.methods.gradient_ascent", experiment.quick_method(iterations=5))
+        inhibitory = MEIMethod().add_method(
+            "mei.methods.gradient_ascent", experiment.quick_method(iterations=5, inhibitory=True)
+        )
+        MEISeed().insert([{"mei_seed": seed} for seed in (1, 2, 3)])
+        MEI().populate(trained["ensemble"])
+        meis = MEI & trained["ensemble"]
+        best = best_per_unit(meis)
+        units = {(key["neuron_id"], key["method_hash"]) for key in best}
+        assert len(best) == len(units) == 2 * experiment.DATASET["neurons"], "one per unit and method"
+        for key in best:
+            group = {name: value for name, value in key.items() if name != "mei_seed"}
+            scores = dict(zip(*(meis & group).fetch("mei_seed", "score"), strict=True))
+            assert scores[key["mei_seed"]] == max(scores.values())
+        assert len(meis & best) == len(best)
+        assert {key["method_hash"] for key in best} == {method["method_hash"], inhibitory["method_hash"]}
 
 
 def test_model_cache_is_bounded_and_least_recently_used():

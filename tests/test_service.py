@@ -184,7 +184,9 @@ def test_a_failing_key_is_recorded_and_not_retried_while_the_batch_completes(tra
         error = (MEI.jobs & broken).fetch1()
         assert "Traceback" in error["error_stack"] and "mei/modules.py" in error["error_stack"]
         result = app.AsyncResult(submission.task_ids[0])
-        assert result.get(timeout=30) == {"done": neurons(), "failed": 1, "skipped": 0, "released": 0}
+        with pytest.raises(Exception, match=f"1 of {neurons() + 1} keys failed \\(done {neurons()}, failed 1"):
+            result.get(timeout=30)
+        assert result.state == "FAILURE", "a Flower user sees that keys failed"
         assert result.retries in (0, None)
     finally:
         (MEI.jobs & broken).delete_quick()
@@ -301,6 +303,44 @@ def test_the_retries_after_a_lost_connection_outlast_a_database_restart():
         assert len(waits) > 1, "the wait is jittered"
         shortest += min(waits)
     assert shortest >= 15, "full jitter could spend every retry within a database restart"
+
+
+def test_every_command_finds_the_local_services_and_says_which_it_uses(trained, tmp_path):
+    # A new user's shell after the demo: no DJ_* variable and no store location set.
+    env = {name: value for name, value in os.environ.items() if not name.startswith("DJ_")}
+    env.pop("MEI_STORE_LOCATION")
+    env["HOME"] = str(tmp_path)
+    command = [sys.executable, "-m", "mei_service.cli", "status", "mei_service.demo.pipeline.MEI"]
+    shown = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert "total 0: done 0" in shown.stdout
+    store = tmp_path / ".mei" / "store"
+    used = f"using database postgres@127.0.0.1:5432, broker redis://127.0.0.1:6379/0, store file:{store}"
+    assert used in shown.stderr
+    notebook = [sys.executable, "-c", "import mei_service, mei.database as d; print(d.store_description())"]
+    found = subprocess.run(notebook, env=env, capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == f"file:{store}", "a notebook, the demo and the CLI share one store"
+
+
+def test_waits_follow_keys_queued_before_and_exits_say_whether_keys_failed(trained, workers, clean_framework_tables):
+    add_paced_method(seconds=1)
+    MEISeed().insert1({"mei_seed": 1})
+    earlier = enqueue(MEI & trained["ensemble"])
+    assert len(earlier.keys) == neurons()
+    command = [sys.executable, "-m", "mei_service.cli"]
+    table = ["mei_service.demo.pipeline.MEI", "--restriction", json.dumps(trained["ensemble"])]
+    waited = subprocess.run([*command, "enqueue", *table, "--wait"], capture_output=True, text=True, timeout=180)
+    assert "queued 0 keys" in waited.stdout, "the keys were queued before"
+    assert f"done {neurons()}, queued 0, running 0, failed 0" in waited.stdout, waited.stdout
+    assert waited.returncode == 0
+
+    config = experiment.quick_method(3)
+    config["initial"] = {"path": "mei.initial.Missing"}
+    MEIMethod().insert1({"method_fn": "mei.methods.gradient_ascent", "method_hash": "missing", "method_config": config})
+    failing = subprocess.run([*command, "enqueue", *table, "--wait"], capture_output=True, text=True, timeout=180)
+    assert f"failed {neurons()}" in failing.stdout and failing.returncode == 1
+    again = subprocess.run([*command, "retry", *table, "--wait"], capture_output=True, text=True, timeout=180)
+    assert f"queued {neurons()} keys again" in again.stdout and again.returncode == 1
 
 
 def test_time_limits_must_fit_in_the_visibility_timeout():

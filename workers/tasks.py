@@ -12,6 +12,7 @@ from mei import policy
 from mei_service.app import TASK_NAME, app
 from mei_service.failures import is_transient, reconnect_database
 from mei_service.jobs import declared_jobs
+from mei_service.local import endpoints
 from mei_service.settings import Settings
 from mei_service.tables import resolve_table
 from workers.execution import run_batch
@@ -26,6 +27,7 @@ heartbeat: Heartbeat | None = None
 @worker_process_init.connect
 def start_heartbeat(**_: object) -> None:
     global heartbeat
+    logger.info("worker process using %s", endpoints())
     heartbeat = Heartbeat(settings.broker_url, settings.heartbeat_interval)
     heartbeat.start()
 
@@ -34,6 +36,19 @@ def start_heartbeat(**_: object) -> None:
 def stop_heartbeat(**_: object) -> None:
     if heartbeat is not None:
         heartbeat.stop()
+
+
+class KeysFailed(Exception):
+    """Some keys of the task failed; each is recorded in the table's jobs with its traceback. One message
+    argument, so that the result backend rebuilds it as it was raised."""
+
+    @classmethod
+    def of(cls, table: str, summary: dict[str, int]) -> KeysFailed:
+        counts = ", ".join(f"{state} {count}" for state, count in summary.items())
+        return cls(
+            f"{summary['failed']} of {sum(summary.values())} keys failed ({counts}); "
+            f"their errors: mei-service status {table} --errors 10"
+        )
 
 
 def retry_countdown(retries: int) -> int:
@@ -64,4 +79,7 @@ def generate(self: Task, table: str, keys: list[dict]) -> dict[str, int]:
         countdown = retry_countdown(self.request.retries)
         logger.warning("lost a connection (%s); retrying in %s s", error, countdown)
         raise self.retry(exc=error, countdown=countdown, max_retries=settings.max_retries) from error
+    if result.failed:
+        # Flower and the result backend show the task as failed, with what happened to its keys.
+        raise KeysFailed.of(table, result.summary())
     return result.summary()

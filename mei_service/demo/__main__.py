@@ -13,8 +13,9 @@
    with both side by side.
 
 It uses the PostgreSQL that ``DJ_*`` names and the Redis that ``MEI_SERVICE_BROKER_URL`` names (by default
-the local ones), the schemas ``MEI_DEMO_SCHEMA``, ``MEI_SCHEMA`` and ``MEI_FABRIK_SCHEMA``; the external
-store defaults to ``<out>/store``. Running it again reuses what exists and fills in what is missing.
+the local ones), the schemas ``MEI_DEMO_SCHEMA``, ``MEI_SCHEMA`` and ``MEI_FABRIK_SCHEMA``, and the external
+store every other command uses (``MEI_STORE_LOCATION``, by default ``~/.mei/store``), so that the CLI, workers
+and notebooks find its MEIs. Running it again reuses what exists and fills in what is missing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from mei_service.local import apply_local_defaults
+from mei_service.local import endpoints
 
 DATASET = {"neurons": 16, "height": 24, "width": 32, "rf_seed": 0}
 MODEL = {"channels": 4, "kernel_size": 5}
@@ -159,15 +160,14 @@ def generate_with_workers(restriction: dict, workers: int, log: Path) -> None:
 
 def main(argv: list[str] | None = None) -> float:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="folder of the figure (and store)")
+    parser.add_argument("--out", type=Path, default=Path("demo-output"), help="folder of the figure, workers' log")
     parser.add_argument("--workers", type=int, default=2, help="local worker processes to start (default 2)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--in-process", action="store_true", help="generate in this process, without the service")
     mode.add_argument("--external-workers", action="store_true", help="use the workers already running")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where the MEIs are generated")
     args = parser.parse_args(argv)
-    apply_local_defaults()
-    os.environ.setdefault("MEI_STORE_LOCATION", str((args.out / "store").resolve()))
+    print(f"using {endpoints()}")
 
     restriction = fill_pipeline(args.device)
     start = time.perf_counter()
