@@ -8,6 +8,17 @@ from mei.modules import ConstrainedOutputModel, ContrastiveOutputModel
 from mei.synthetic import EnergyModelPopulation, LinearNonlinearPopulation, gabor_filters
 
 
+def norm_constrained_ascent(lr: float, iterations: int, norm: float) -> dict:
+    """Plain gradient ascent under a fixed image norm, where a linear-nonlinear neuron's MEI is its filter."""
+    return {
+        "initial": {"path": "mei.initial.RandomNormal"},
+        "optimizer": {"path": "torch.optim.SGD", "kwargs": {"lr": lr}},
+        "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": iterations}},
+        "postprocessing": {"path": "mei.legacy.ops.ChangeNorm", "kwargs": {"norm": norm}},
+        "device": "cpu",
+    }
+
+
 def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.flatten() - a.mean(), b.flatten() - b.mean()
     return float(a @ b / (a.norm() * b.norm()))
@@ -16,13 +27,7 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_meis_of_gabor_neurons_correlate_with_their_filters():
     filters = gabor_filters(8, 24, 32, seed=0)
     population = LinearNonlinearPopulation(filters)
-    config = {
-        "initial": {"path": "mei.initial.RandomNormal"},
-        "optimizer": {"path": "torch.optim.SGD", "kwargs": {"lr": 1.0}},
-        "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 200}},
-        "postprocessing": {"path": "mei.legacy.ops.ChangeNorm", "kwargs": {"norm": 5.0}},
-        "device": "cpu",
-    }
+    config = norm_constrained_ascent(lr=1.0, iterations=200, norm=5.0)
     correlations = []
     for unit in range(len(filters)):
         mei, _, _ = gradient_ascent(
@@ -44,13 +49,7 @@ def test_the_most_discriminative_stimulus_raises_one_neuron_and_not_the_other():
     overlapping = 0.6 * first + 0.8 * other / other.norm()  # correlates 0.6 with the first neuron's filter
     filters = torch.stack([first, overlapping / overlapping.norm()])
     population = LinearNonlinearPopulation(filters)
-    config = {
-        "initial": {"path": "mei.initial.RandomNormal"},
-        "optimizer": {"path": "torch.optim.SGD", "kwargs": {"lr": 1.0}},
-        "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 200}},
-        "postprocessing": {"path": "mei.legacy.ops.ChangeNorm", "kwargs": {"norm": 1.0}},
-        "device": "cpu",
-    }
+    config = norm_constrained_ascent(lr=1.0, iterations=200, norm=1.0)
     shape = (1, 1, 24, 32)
     contrast = ContrastiveOutputModel(population, 0, others=[1])
     stimulus, score, _ = gradient_ascent(None, contrast, config, seed=0, shape=shape)
@@ -67,13 +66,7 @@ def test_the_most_discriminative_stimulus_raises_one_neuron_and_not_the_other():
 def test_diverse_meis_of_a_phase_invariant_neuron_stay_exciting_and_differ():
     population = EnergyModelPopulation(1, 20, 20, seed=3)
     objective = ConstrainedOutputModel(population, 0)
-    config = {
-        "initial": {"path": "mei.initial.RandomNormal"},
-        "optimizer": {"path": "torch.optim.SGD", "kwargs": {"lr": 0.5}},
-        "stopper": {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iterations": 400}},
-        "postprocessing": {"path": "mei.legacy.ops.ChangeNorm", "kwargs": {"norm": 3.0}},
-        "device": "cpu",
-    }
+    config = norm_constrained_ascent(lr=0.5, iterations=400, norm=3.0)
     shape = (1, 1, 20, 20)
     diverse_config = {**config, "n_meis": 4, "diversity": {"fraction": 0.85, "weight": 1.0}}
     images, score, output = diverse_gradient_ascent(None, objective, diverse_config, seed=0, shape=shape)
