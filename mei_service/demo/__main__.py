@@ -130,6 +130,10 @@ def generate_with_running_workers(restriction: dict, timeout: float = 1800) -> N
     print(current)
 
 
+# Seconds the demo's workers get to stop after SIGTERM: Celery's soft shutdown (30 s) and its cold one.
+WORKERS_STOP_TIMEOUT = 90
+
+
 def generate_with_workers(restriction: dict, workers: int, log: Path) -> None:
     """Starts ``workers`` local worker processes, enqueues the missing MEIs, follows them, stops the workers."""
     from mei_service import enqueue
@@ -155,7 +159,12 @@ def generate_with_workers(restriction: dict, workers: int, log: Path) -> None:
                 print(f"failed: {key}: {message}", file=sys.stderr)
     finally:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(60)
+        try:
+            process.wait(WORKERS_STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            # The demo's keys are settled by now: only the workers' own shutdown is left to wait for.
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 def main(argv: list[str] | None = None) -> float:
