@@ -256,12 +256,13 @@ def generate_many(
         if target_of(objectives[group[0]]) is None:
             yield from one_at_a_time(group)
             continue
-        size = batch_size or batch_size_for(dataloaders, objectives[group[0]], method_fn, config, shape)
+        size = batch_size or configured_batch_size()
+        size = size or _estimated_or_fallback(dataloaders, [objectives[group[0]]], config, shape)
         logger.info("generating %d MEIs in batches of up to %d", len(group), size)
         for first in range(0, len(group), size):
+            chunk = group[first : first + size]
             # A batch of one is the same generation at a batch's extra cost.
-            run = one_at_a_time if len(group[first : first + size]) == 1 else batched
-            yield from run(group[first : first + size])
+            yield from (one_at_a_time if len(chunk) == 1 else batched)(chunk)
 
 
 def batch_size_for(

@@ -121,9 +121,14 @@ def retargeted(objective: nn.Module, model: nn.Module) -> nn.Module:
 def validation_score(held_out: nn.Module, images: Tensor, method: MethodConfig) -> float:
     """The held-out objective's value of the final images (their mean when there are several), negated for an
     inhibitory method as ``score`` is; the model as it is, unprobed rewrites left out."""
-    with generation_mode(held_out, method.device, rewrite=False), torch.no_grad():
-        value = float(held_out(images.to(method.device), **method.model_forward_kwargs).float().mean())
+    value = float(evaluated(held_out, images, method).float().mean())
     return -value if method.inhibitory else value
+
+
+def evaluated(objective: nn.Module, images: Tensor, method: MethodConfig) -> Tensor:
+    """``objective(images)`` once, after the ascent: the model as it is (no unprobed rewrite), no gradient."""
+    with generation_mode(objective, method.device, rewrite=False), torch.no_grad():
+        return objective(images.to(method.device), **method.model_forward_kwargs)
 
 
 def seed_generators(seed: int, device: torch.device) -> None:
@@ -200,7 +205,7 @@ class DiverseObjective(nn.Module):
 
     def forward(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         activations = self.objective(x, *args, **kwargs).reshape(x.shape[0])
-        shortfall = torch.relu(self.AIM * self.floor - activations) / abs(self.floor)
+        shortfall = torch.relu(self.AIM * self.floor - activations) / self.floor  # the floor is positive
         return self.weight * diversity_of(x) - self.PENALTY * shortfall.sum()
 
 
@@ -267,7 +272,5 @@ def diverse_gradient_ascent(
     return images, sum(activations) / len(activations), log
 
 
-def _activations(model: nn.Module, images: Tensor, method: MethodConfig) -> list[float]:
-    with generation_mode(model, method.device, rewrite=False), torch.no_grad():
-        values = model(images.to(method.device), **method.model_forward_kwargs)
-    return [float(value) for value in values.reshape(images.shape[0])]
+def _activations(objective: nn.Module, images: Tensor, method: MethodConfig) -> list[float]:
+    return [float(value) for value in evaluated(objective, images, method).reshape(images.shape[0])]

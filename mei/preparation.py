@@ -111,10 +111,16 @@ def generation_mode(
 @dataclass(frozen=True)
 class Rewrite:
     """A rewrite of the model: ``apply(model, device, swaps)`` records its swaps and returns why it left some
-    layers as they are (or ``None``); ``refused`` begins the warning when the probe finds it changes the model."""
+    layers as they are (or ``None``). Warnings say what generation does without it (``fallback``) and what it
+    would have done (``change``)."""
 
     apply: Callable[[nn.Module, torch.device, list[Swap]], str | None]
-    refused: str
+    fallback: str
+    change: str
+
+    @property
+    def refused(self) -> str:
+        return f"{self.fallback}: {self.change}"
 
 
 def _cheaper_layers(model: nn.Module, device: torch.device, swaps: list[Swap]) -> None:
@@ -135,10 +141,10 @@ def _selected_readouts(model: nn.Module, device: torch.device, swaps: list[Swap]
 
 
 REWRITES = (
-    Rewrite(_cheaper_layers, "generating with the model's layers as they are: rewritten (batch norms folded, "
-            "convolutions on the im2col kernel, activations merged)"),
-    Rewrite(_selected_readouts, "evaluating every neuron of the model's readouts: evaluated at the selected "
-            "neurons only"),
+    Rewrite(_cheaper_layers, "generating with the model's layers as they are",
+            "rewritten (batch norms folded, convolutions on the im2col kernel, activations merged)"),
+    Rewrite(_selected_readouts, "evaluating every neuron of the model's readouts",
+            "evaluated at the selected neurons only"),
 )  # fmt: skip
 
 
@@ -150,7 +156,7 @@ def _rewrite(model: nn.Module, device: torch.device, probe: Probe | None, swaps:
         with torch.no_grad():
             left_alone = rewrite.apply(model, device, swaps)
         if left_alone is not None:
-            logger.warning("%s: %s", rewrite.refused.split(":")[0], left_alone)
+            logger.warning("%s: %s", rewrite.fallback, left_alone)
         if probe is None or len(swaps) == start:
             continue
         if expected is None:
