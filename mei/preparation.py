@@ -15,7 +15,10 @@ Four rewrites give the same function for less work, and all are undone when gene
 Only the exact PyTorch classes are rewritten, never subclasses (which may compute their weights otherwise),
 modules with hooks or containers used in more than one place. A probe then checks each rewrite in turn: the
 objective of the first images and its input gradient must not change beyond rounding, else the model runs
-without that rewrite, and a warning says why.
+without that rewrite, and a warning says why. The probe computes in IEEE float32 even where convolutions
+and matrix products would use TensorFloat-32 (cuDNN's default for convolutions): at TF32's 10-bit mantissa a
+folded layer rounds differently from the original by about 1e-3, beyond the tolerance, and every rewrite
+would be refused on a GPU. Generation itself keeps the precision the user chose.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ IM2COL_MAX_INPUT_CHANNELS = 4
 # How far a rewrite may move the probe's values and gradients, relative to each image's own: folding changes
 # only the rounding (about 1e-7 in float32).
 PROBE_TOLERANCE = 1e-4
+# The backends whose float32 precision the probe sets to IEEE (PyTorch's per-backend ``fp32_precision``).
+FULL_PRECISION_BACKENDS = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
 # What a model that reaches into replaced layers raises. Other exceptions (a caller's time limit) go through.
 MODEL_ERRORS = (ArithmeticError, AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError)
 
@@ -193,11 +198,25 @@ def _response(probe: Probe, device: torch.device) -> tuple[Tensor, Tensor]:
         devices = [device.index if device.index is not None else torch.cuda.current_device()]
     else:
         devices = []
-    with torch.random.fork_rng(devices=devices):
+    with torch.random.fork_rng(devices=devices), full_precision():
         images = probe.images.detach().clone().requires_grad_()
         values = probe.objective(images)
         (gradient,) = torch.autograd.grad(values.sum(), images)
     return values.detach(), gradient
+
+
+@contextmanager
+def full_precision() -> Iterator[None]:
+    """IEEE float32 for cuDNN's convolutions and CUDA's matrix products inside; the precisions as they were
+    after."""
+    saved = [backend.fp32_precision for backend in FULL_PRECISION_BACKENDS]
+    for backend in FULL_PRECISION_BACKENDS:
+        backend.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        for backend, precision in zip(FULL_PRECISION_BACKENDS, saved, strict=True):
+            backend.fp32_precision = precision
 
 
 def _close(found: Tensor, expected: Tensor, n_images: int) -> bool:

@@ -223,6 +223,28 @@ def test_the_probe_leaves_the_random_numbers_as_they_were():
         assert torch.equal(torch.rand(3), expected)
 
 
+def test_the_probe_compares_in_full_precision_and_leaves_the_users_precision_as_it_was():
+    backends = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+    saved = [backend.fp32_precision for backend in backends]
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), with_statistics(nn.BatchNorm2d(4)))
+    seen = []
+
+    def objective(images: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(backend.fp32_precision for backend in backends))
+        return model(images).mean(dim=(1, 2, 3))
+
+    try:
+        for backend in backends:
+            backend.fp32_precision = "tf32"
+        with generation_mode(model, CPU, Probe(objective, torch.randn(2, *SMALL_SHAPE[1:]))):
+            assert [backend.fp32_precision for backend in backends] == ["tf32", "tf32"]
+        assert seen and set(seen) == {("ieee", "ieee")}
+        assert [backend.fp32_precision for backend in backends] == ["tf32", "tf32"]
+    finally:
+        for backend, precision in zip(backends, saved, strict=True):
+            backend.fp32_precision = precision
+
+
 def test_the_mei_of_the_prepared_model_equals_the_unprepared_one_within_rounding():
     ensemble = build_ensemble(TINY)
     prepared = gradient_ascent(None, ConstrainedOutputModel(ensemble, 7), config(), seed=5, shape=SHAPE)
