@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,10 +177,25 @@ def validate_method(method_fn: str, method_config: Mapping[str, Any]) -> None:
         if str(method_config.get("device", "")).split(":")[0] not in ("cpu", "cuda"):
             raise ConfigurationError(f"device must be 'cpu' or 'cuda', got {method_config.get('device')!r}")
         roles = [role for role in REQUIRED_COMPONENTS + OPERATION_COMPONENTS if method_config.get(role)]
-        for spec in [*(method_config[role] for role in roles), *(method_config.get("objectives") or [])]:
+        named = [(role, method_config[role]) for role in roles]
+        named += [("objectives", spec) for spec in method_config.get("objectives") or []]
+        for role, spec in named:
             if not isinstance(spec, Mapping) or "path" not in spec:
                 raise ConfigurationError(
                     f"a component must be a mapping with a 'path' and optional 'kwargs', got {spec!r}"
                 )
-            import_object(spec["path"])
+            _check_arguments(role, spec["path"], import_object(spec["path"]), spec.get("kwargs") or {})
         build_component("stopper", method_config["stopper"])
+
+
+def _check_arguments(role: str, path: str, component: Any, kwargs: Mapping[str, Any]) -> None:
+    """A misspelt argument fails when the row is added, not once per key on the workers."""
+    try:
+        signature = inspect.signature(component)
+    except (TypeError, ValueError):
+        return  # a builtin without a signature: it is checked when built
+    try:
+        signature.bind_partial(**kwargs)
+    except TypeError as error:
+        accepted = [name for name in signature.parameters if name not in ("self", "args", "kwargs")]
+        raise ConfigurationError(f"component '{role}' ({path}): {error}; it takes {accepted}") from None

@@ -14,14 +14,22 @@ from typing import Any
 SEED = "mei_seed"
 
 
+def seed_groups(meis: Any) -> list[tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """The seed groups of ``meis`` (an MEI table, or a restriction of one, with a ``score``): for each, what its
+    keys share (all but the seed) and its rows (primary key and ``score``), the best first."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in meis.proj("score").to_dicts():
+        shared = tuple(sorted((name, value) for name, value in row.items() if name not in (SEED, "score")))
+        groups.setdefault(shared, []).append(row)
+    return [(dict(shared), sorted(rows, key=lambda row: (-row["score"], row[SEED]))) for shared, rows in groups.items()]
+
+
 def best_per_unit(meis: Any) -> list[dict[str, Any]]:
     """The primary keys of the best-scoring MEI in each seed group of ``meis`` (an MEI table, or a restriction
     of one); ``meis & best_per_unit(meis)`` are those rows."""
-    best: dict[tuple, tuple[float, int, dict[str, Any]]] = {}
-    for row in meis.proj("score").to_dicts():
-        score = row.pop("score")
-        group = tuple(sorted((name, value) for name, value in row.items() if name != SEED))
-        candidate = (score, -row[SEED], row)
-        if group not in best or candidate[:2] > best[group][:2]:
-            best[group] = candidate
-    return [row for _, _, row in best.values()]
+    best = []
+    for _, rows in seed_groups(meis):
+        key = dict(rows[0])
+        del key["score"]
+        best.append(key)
+    return best

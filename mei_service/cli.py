@@ -1,25 +1,29 @@
-"""``mei-service``: the command line of the service.
+"""mei-service: the command line of the service.
 
     mei-service enqueue TABLE [--restriction R] [--priority P] [--batch-size B] [--queue Q] [--wait]
     mei-service init [TABLE ...]
     mei-service scheduler [TABLE ...] [--interval S]
     mei-service worker [--gpus 0,1 | --processes N] [--queues Q]
-    mei-service status TABLE [--restriction R]
+    mei-service status TABLE [--restriction R] [--json]
+    mei-service errors TABLE [--restriction R] [--limit N]
+    mei-service gallery TABLE [--restriction R] --out DIR [--limit N] [--page P]
     mei-service cancel TABLE (--restriction R | --where SQL | --all)
     mei-service retry TABLE (--restriction R | --where SQL | --all) [--wait]
     mei-service flower [--port P] [--local]
     mei-service health [--database] [--worker] [--url URL]
     mei-service demo
 
-TABLE is the dotted import path of an MEI table (``mei_service.demo.pipeline.MEI``); ``init`` and
-``scheduler`` default to ``MEI_SERVICE_TABLES``. R is a key as JSON (``'{"mei_seed": 42}'``), a list value
-meaning any of them (``'{"neuron_id": [1, 2]}'``), or a list of keys; its names must be attributes of the
-table's keys. A SQL condition goes in ``--where`` (``"neuron_id < 10"``); given both, keys must meet both.
+TABLE is the dotted import path of an MEI table, such as mei_service.demo.pipeline.MEI; init and scheduler
+default to MEI_SERVICE_TABLES. R is a key as JSON, such as '{"mei_seed": 42}', a list value meaning any of
+them, '{"neuron_id": [1, 2]}', or a list of keys; its names must be attributes of the table's keys. A SQL
+condition goes in --where, such as "neuron_id < 10"; given both, keys must meet both. Errors are one line;
+--debug shows their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -95,7 +99,31 @@ def cmd_status(args: argparse.Namespace) -> int:
     from mei_service.client import status
 
     table, restriction = _table_and_restriction(args)
-    print(status(table & restriction if restriction is not None else table, latest_errors=args.errors))
+    found = status(table & restriction if restriction is not None else table, latest_errors=args.errors)
+    print(json.dumps(found.as_dict(), indent=2, default=str) if args.json else found)
+    return 0
+
+
+def cmd_errors(args: argparse.Namespace) -> int:
+    from mei_service.client import errors
+
+    table, restriction = _table_and_restriction(args)
+    failed = errors(table, restriction, limit=args.limit)
+    for key, message, stack in failed:
+        print(f"{json.dumps(key, default=str)}: {message}\n{stack.rstrip()}\n")
+    print(f"{len(failed)} failed keys shown (latest first); mei-service retry queues them again")
+    return 0
+
+
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from mei_service.galleries import gallery
+
+    table, restriction = _table_and_restriction(args)
+    found = gallery(table, restriction, limit=args.limit, page=args.page)
+    for path in found.save(args.out):
+        print(f"wrote {path}")
+    shown = f"{len(found.units)} of {found.unit_count} units"
+    print(f"page {found.page} of {found.pages}: {shown}, {found.failed_count} failed keys")
     return 0
 
 
@@ -104,7 +132,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from mei_service.client import cancel
 
     table, restriction = _table_and_restriction(args)
-    task_ids = cancel(app, table, restriction, all=args.all)
+    task_ids = cancel(table, restriction, all=args.all, app=app)
     print(f"cancelled {len(task_ids)} tasks")
     return 0
 
@@ -114,7 +142,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from mei_service.client import retry
 
     table, restriction = _table_and_restriction(args)
-    sent = retry(app, table, restriction, all=args.all)
+    sent = retry(table, restriction, all=args.all, app=app)
     print(f"queued {len(sent.keys)} keys again in {len(sent.batches)} tasks")
     return _waited(table, restriction) if args.wait else 0
 
@@ -169,7 +197,11 @@ def cmd_health(args: argparse.Namespace) -> int:
     problems = [problem for problem in problems if problem]
     for problem in problems:
         print(problem, file=sys.stderr)
-    return 1 if problems else 0
+    if problems:
+        return 1
+    checked = ["broker", "database" if args.database else "", "worker" if args.worker else "", *args.url]
+    print(f"ok: {', '.join(name for name in checked if name)}")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace, extra: list[str]) -> int:
@@ -184,19 +216,24 @@ def parser() -> argparse.ArgumentParser:
         prog="mei-service", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = root.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, parents=[common])
 
     def restricted(name: str, help: str, whole_table_flag: bool = False) -> argparse.ArgumentParser:
-        command = commands.add_parser(name, help=help, description=help)
-        command.add_argument("table", metavar="TABLE", help="dotted path of an MEI table")
-        command.add_argument(
+        selecting = command(name, help)
+        selecting.add_argument("table", metavar="TABLE", help="dotted path of an MEI table")
+        selecting.add_argument(
             "--restriction",
             metavar="JSON",
             help='keys as JSON: {"mei_seed": 42}, {"neuron_id": [1, 2]} or a list of such objects',
         )
-        command.add_argument("--where", metavar="SQL", help='a SQL condition, such as "neuron_id < 100"')
+        selecting.add_argument("--where", metavar="SQL", help='a SQL condition, such as "neuron_id < 100"')
         if whole_table_flag:
-            command.add_argument("--all", action="store_true", help="act on the whole table (no restriction)")
-        return command
+            selecting.add_argument("--all", action="store_true", help="act on the whole table (no restriction)")
+        return selecting
 
     enqueue = restricted("enqueue", "queue the missing MEIs of a table once")
     enqueue.add_argument("--priority", type=int, help="0 (most urgent) to 9; default MEI_SERVICE_DEFAULT_PRIORITY")
@@ -206,20 +243,32 @@ def parser() -> argparse.ArgumentParser:
     enqueue.add_argument("--wait", action="store_true", help=wait_help)
     enqueue.set_defaults(run=cmd_enqueue)
 
-    init = commands.add_parser("init", help="declare the MEI tables and their schemas (default MEI_SERVICE_TABLES)")
+    init = command("init", "declare the MEI tables, their schemas and jobs tables (default MEI_SERVICE_TABLES)")
     init.add_argument("tables", nargs="*", metavar="TABLE", help="dotted path of an MEI table")
     init.set_defaults(run=cmd_init)
 
     scheduler_help = "keep tables topped up and give back the keys of dead workers"
-    daemon = commands.add_parser("scheduler", help=scheduler_help, description=scheduler_help)
+    daemon = command("scheduler", scheduler_help)
     daemon.add_argument("tables", nargs="*", metavar="TABLE", help="dotted path of an MEI table")
     daemon.add_argument("--interval", type=float, default=10.0, help="seconds between rounds (default 10)")
-    daemon.add_argument("--batch-size", type=int)
+    daemon.add_argument("--batch-size", type=int, help="keys per task; default MEI_SERVICE_BATCH_SIZE")
     daemon.set_defaults(run=cmd_scheduler)
 
-    status = restricted("status", "counts of done, queued, running and failed keys, and the latest errors")
-    status.add_argument("--errors", type=int, default=5, help="how many of the latest errors to show")
+    status = restricted(
+        "status", "counts of done, queued, running and failed keys, throughput, time to go, errors grouped"
+    )
+    status.add_argument("--errors", type=int, default=5, help="how many of the latest failed keys --json lists")
+    status.add_argument("--json", action="store_true", help="print the status as JSON, for scripts")
     status.set_defaults(run=cmd_status)
+    errors = restricted("errors", "each failed key with its message and traceback, latest first")
+    errors.add_argument("--limit", type=int, default=20, help="how many failed keys to show (default 20)")
+    errors.set_defaults(run=cmd_errors)
+
+    shown = restricted("gallery", "write a gallery of the MEIs: one HTML page (opens from disk) and a PNG grid")
+    shown.add_argument("--out", required=True, help="folder for index.html and gallery.png")
+    shown.add_argument("--limit", type=int, default=50, help="units per page, best first (default 50)")
+    shown.add_argument("--page", type=int, default=1, help="which page (default 1)")
+    shown.set_defaults(run=cmd_gallery)
 
     restricted("cancel", "withdraw queued keys and stop running ones", True).set_defaults(run=cmd_cancel)
     retry = restricted("retry", "queue failed keys again", True)
@@ -228,11 +277,11 @@ def parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="start this host's workers (see --help)", add_help=False)
     worker.set_defaults(run=cmd_worker, passthrough=True)
-    flower = commands.add_parser("flower", help="start Flower, the monitor, with basic authentication")
-    flower.add_argument("--port", type=int)
+    flower = command("flower", "start Flower, the monitor, with basic authentication")
+    flower.add_argument("--port", type=int, help="default MEI_SERVICE_FLOWER_PORT")
     flower.add_argument("--local", action="store_true", help="serve on 127.0.0.1 only")
     flower.set_defaults(run=cmd_flower)
-    health = commands.add_parser("health", help="exit 0 when the broker (and what is named) answers, else 1")
+    health = command("health", "print ok and exit 0 when the broker (and what is named) answers, else say what not")
     health.add_argument("--database", action="store_true", help="also the database")
     health.add_argument("--worker", action="store_true", help="also a worker process of this host (its heartbeat)")
     health.add_argument("--url", action="append", default=[], help="also this URL (answers 200)")
@@ -243,7 +292,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 # The commands that use the database, the broker and the store say at start which ones.
-ANNOUNCED = ("enqueue", "init", "scheduler", "status", "cancel", "retry")
+ANNOUNCED = ("enqueue", "init", "scheduler", "status", "errors", "gallery", "cancel", "retry")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -263,8 +312,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except (ConfigurationError, RestrictionError, SettingsError) as error:
         # What the user asked for cannot be done as asked: say what, not where in the code.
+        if args.debug:
+            raise
         print(f"mei-service {args.command}: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        if args.debug:
+            raise
+        print(f"mei-service {args.command}: {type(error).__name__}: {error} (--debug shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -35,7 +35,9 @@ from __future__ import annotations
 import enum
 import os
 import platform
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from datajoint import Not as dj_not
@@ -280,10 +282,18 @@ def holds(table: Any, key: Mapping[str, Any], task_id: str) -> bool:
     return bool(rows)
 
 
-def complete(table: Any, key: Mapping[str, Any]) -> None:
+def complete(table: Any, key: Mapping[str, Any], started: float | None = None) -> None:
     """running -> done: as ``populate`` does, the job is deleted, or kept as a success record when DataJoint's
-    ``jobs.keep_completed`` is set. Called inside the transaction that inserts the row."""
-    declared_jobs(table).complete(dict(key))
+    ``jobs.keep_completed`` is set. Called inside the transaction that inserts the row.
+
+    ``started`` (seconds since the epoch) is when the key's generation began: like ``populate``, the row's
+    hidden job metadata (DataJoint's ``jobs.add_job_metadata``) then records its start and duration, which is
+    what ``throughput`` counts."""
+    duration = None if started is None else time.time() - started
+    instance = table()
+    if duration is not None and instance._has_job_metadata_attrs():
+        instance._update_job_metadata(dict(key), datetime.fromtimestamp(started), duration, "")
+    declared_jobs(table).complete(dict(key), duration=duration)
 
 
 def fail(table: Any, key: Mapping[str, Any], task_id: str, message: str, stack: str) -> bool:
@@ -423,6 +433,41 @@ def failures(table: Any, keys: Sequence[Mapping[str, Any]]) -> list[tuple[dict, 
         for key in _rows(jobs, query, args):
             found.append((key, *(jobs & key).fetch1("error_message", "error_stack")))
     return found
+
+
+def error_groups(table: Any, restriction: Any = None) -> list[tuple[str, int]]:
+    """``(message, number of keys)`` of the failed keys of ``table & restriction``, one per distinct message,
+    the most frequent first."""
+    _, job_rows = restricted(table, restriction)
+    failed = job_rows & condition(KeyState.FAILED)
+    return [
+        (message, number)
+        for message, number in table.connection.query(
+            f"SELECT error_message, count(*) FROM ({failed.make_sql()}) AS failed "
+            "GROUP BY error_message ORDER BY count(*) DESC, error_message"
+        ).fetchall()
+    ]
+
+
+def finished_recently(table: Any, restriction: Any, seconds: float) -> tuple[int, float] | None:
+    """How many keys of ``table & restriction`` finished in the last ``seconds``, and over how many seconds
+    (from the earliest start among them, at most ``seconds``); ``None`` for a table without DataJoint's job
+    metadata, which has no record of when its keys finished."""
+    instance = table()
+    if not instance._has_job_metadata_attrs():
+        return None
+    keys = restricted(table, restriction)[0].proj()
+    now = datetime.now()
+    since = now - timedelta(seconds=seconds)
+    # The same clock as the writers': populate and complete() record local time, without a time zone.
+    number, earliest = instance.connection.query(
+        f"SELECT count(*), min(_job_start_time) FROM {instance.full_table_name} "
+        "WHERE _job_start_time + make_interval(secs => _job_duration) > %s "
+        f"AND ({_quoted(keys.heading.names)}) IN ({keys.make_sql()})",
+        args=[since],
+    ).fetchone()
+    span = (now - max(earliest, since)).total_seconds() if number else seconds
+    return number, span
 
 
 def failed_rows(table: Any, restriction: Any = None, limit: int | None = None) -> list[dict]:

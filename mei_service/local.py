@@ -11,6 +11,7 @@ applied before ``datajoint`` is first imported: DataJoint reads its variables on
 from __future__ import annotations
 
 import os
+import warnings
 
 LOCAL_DATABASE = {
     "DJ_HOST": "127.0.0.1",
@@ -22,10 +23,20 @@ LOCAL_DATABASE = {
 }
 
 
+# DataJoint's settings the project relies on: MEI tables declared with the hidden job metadata (start and
+# duration of each row's computation), from which ``status`` reports throughput and the time to completion;
+# DataJoint's own messages only from warnings up (each command says itself which database it uses).
+PROJECT_DATAJOINT = {"DJ_JOBS_ADD_JOB_METADATA": "true", "DJ_LOG_LEVEL": "WARNING"}
+
+
 def apply_local_defaults() -> None:
-    """Fills in the unset ``DJ_*`` variables with the local database's; call it before importing DataJoint."""
-    for name, value in LOCAL_DATABASE.items():
+    """Fills in the unset ``DJ_*`` variables with the local database's and the project's DataJoint settings;
+    call it before importing DataJoint."""
+    for name, value in {**LOCAL_DATABASE, **PROJECT_DATAJOINT}.items():
         os.environ.setdefault(name, value)
+    # The project is configured by these variables (docs/configuration.md), so DataJoint's notice that it
+    # found no datajoint.json asks nothing of its users; a datajoint.json that exists is still read.
+    warnings.filterwarnings("ignore", message="No datajoint.json found", category=UserWarning)
 
 
 def endpoints() -> str:

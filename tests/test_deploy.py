@@ -22,6 +22,7 @@ from conftest import SCHEMA_PREFIX
 from service import Process, wait_for
 
 from mei_service.app import TASK_NAME
+from mei_service.cli import parser
 from mei_service.settings import PREFIX, Settings
 
 BIN = Path(sys.executable).parent
@@ -35,7 +36,10 @@ INFRASTRUCTURE = ("postgres", "redis", "minio", "minio-init")
 
 # What each service reads (the code's environ/getenv and mei_service.settings): the compose file gives it exactly
 # this. Flower watches the broker; the scheduler enqueues and reads jobs rows; neither touches the store.
-DATABASE = {"DJ_HOST", "DJ_PORT", "DJ_USER", "DJ_PASS", "DJ_DATABASE_NAME", "DJ_BACKEND", "DJ_USE_TLS"}
+DATABASE = {"DJ_HOST", "DJ_PORT", "DJ_USER", "DJ_PASS", "DJ_DATABASE_NAME", "DJ_BACKEND", "DJ_USE_TLS"} | {
+    "DJ_JOBS_ADD_JOB_METADATA",
+    "DJ_LOG_LEVEL",
+}
 TABLES = {"MEI_SCHEMA", "MEI_FABRIK_SCHEMA", "MEI_DEMO_SCHEMA", "MEI_STORE"}
 POLICY = {"MEI_ALLOWED_MODULES", "MEI_MAX_N_MEIS", "MEI_MAX_ITERATIONS"}
 BROKER = {"MEI_SERVICE_BROKER_URL", "MEI_SERVICE_RESULT_BACKEND", "MEI_SERVICE_DEFAULT_QUEUE"}
@@ -515,8 +519,32 @@ def test_health_and_startup_report_what_is_wrong():
     no_worker = cli("health", "--worker", "--url", url, MEI_SERVICE_BROKER_URL=quiet_broker)
     assert no_worker.returncode == 1 and "no worker process on" in no_worker.stderr
     assert f"{url} does not answer" in no_worker.stderr
-    assert cli("health", "--database").returncode == 0
+    healthy = cli("health", "--database")
+    assert healthy.returncode == 0 and healthy.stdout.strip() == "ok: broker, database"
     no_tables = cli("scheduler", MEI_SERVICE_TABLES="")
     assert no_tables.returncode != 0 and "MEI_SERVICE_TABLES" in no_tables.stderr
     bad_batch = cli("worker", MEI_BATCH_SIZE="many")
     assert bad_batch.returncode != 0 and "MEI_BATCH_SIZE must be a positive integer" in bad_batch.stderr
+
+
+def test_command_line_errors_are_one_line_and_every_command_describes_itself():
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "mei_service.cli", *args]
+        # Wide enough that argparse does not wrap the descriptions.
+        env = {**os.environ, "COLUMNS": "300"}
+        return subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+
+    query = ["mei_service.demo.pipeline.MEI", "--where", "no_such_column < 1"]
+    failed = cli("status", *query)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("mei-service status: ") and "no_such_column" in last and "--debug" in last
+    assert "Traceback" in cli("status", *query, "--debug").stderr
+    described = cli("--help").stdout
+    assert "``" not in described
+    subcommands = next(action for action in parser()._actions if action.dest == "command").choices
+    for name, subcommand in subcommands.items():
+        if subcommand.add_help:  # worker and demo pass --help on to their own programs
+            helped = cli(name, "--help")
+            assert helped.returncode == 0 and subcommand.description in helped.stdout, name
+            assert "``" not in helped.stdout and "--debug" in helped.stdout, name

@@ -121,6 +121,15 @@ class TestMethods:
             )
         with pytest.raises(ConfigurationError, match=r"Object in 'mei\.methods\.ascent' not found"):
             MEIMethod().add_method("mei.methods.ascent", experiment.quick_method())
+        misspelt = {"path": "mei.stoppers.NumIterations", "kwargs": {"num_iteration": 10}}
+        with pytest.raises(ConfigurationError, match=r"'stopper'.*'num_iteration'.*\['num_iterations'\]"):
+            MEIMethod().add_method("mei.methods.gradient_ascent", experiment.quick_method(stopper=misspelt))
+        wrong = {"path": "torch.optim.SGD", "kwargs": {"learning_rate": 1.0}}
+        with pytest.raises(ConfigurationError, match=r"'optimizer' \(torch\.optim\.SGD\).*'learning_rate'.*'lr'"):
+            MEIMethod().add_method("mei.methods.gradient_ascent", experiment.quick_method(optimizer=wrong))
+        blur = {"path": "mei.legacy.ops.GaussianBlur", "kwargs": {"sigma": 1, "radius": 3}}
+        with pytest.raises(ConfigurationError, match=r"'precondition'.*'radius'"):
+            MEIMethod().add_method("mei.methods.gradient_ascent", experiment.quick_method(precondition=blur))
         assert len(MEIMethod()) == 0
 
     def test_cuda_method_can_be_added_without_a_gpu_and_duplicates_are_refused(self, database, clean_framework_tables):

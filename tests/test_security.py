@@ -161,11 +161,11 @@ def test_workers_refuse_hostile_rows_and_messages(trained, workers, clean_framew
 class TestRestrictions:
     def test_a_misspelt_attribute_is_refused_not_the_whole_table(self, trained):
         with pytest.raises(RestrictionError, match=r"unknown attributes \['neuron'\].*neuron_id"):
-            client.cancel(app, MEI, {"neuron": 0})
+            client.cancel(MEI, {"neuron": 0}, app=app)
         with pytest.raises(RestrictionError, match="all=True"):
-            client.cancel(app, MEI)
+            client.cancel(MEI, app=app)
         with pytest.raises(RestrictionError, match="all=True"):
-            client.retry(app, MEI)
+            client.retry(MEI, app=app)
 
     def test_values_are_bound_never_spliced(self, trained, clean_framework_tables):
         MEIMethod().add_method("mei.methods.gradient_ascent", experiment.quick_method())

@@ -14,6 +14,7 @@ import seed_pipeline
 import torch
 from service import Flower, Workers, wait_for
 
+import mei_service
 from mei.main import MEIMethod, MEISeed
 from mei.methods import gradient_ascent
 from mei.policy import NotAllowedError
@@ -289,7 +290,43 @@ def test_status_command_prints_counts_and_latest_errors(trained, workers, clean_
     assert f"queued {neurons()} keys" in queued.stdout
     shown = subprocess.run([*command, "status", *table, "--errors", "1"], capture_output=True, text=True)
     assert f"failed {neurons()}" in shown.stdout
-    assert "Object in 'mei.initial.Missing' not found" in shown.stdout
+    # One line for the one message the keys share, with its count.
+    [group] = [line for line in shown.stdout.splitlines() if "not found" in line]
+    assert group.strip().startswith(f"{neurons()} failed: ") and "'mei.initial.Missing'" in group
+    listed = subprocess.run([*command, "errors", *table, "--limit", "2"], capture_output=True, text=True)
+    shown_keys = [line for line in listed.stdout.splitlines() if line.startswith('{"method_fn"')]
+    assert listed.returncode == 0 and len(shown_keys) == 2 and "Traceback (most recent call last)" in listed.stdout
+    assert "2 failed keys shown" in listed.stdout and all('"neuron_id"' in line for line in shown_keys)
+    as_json = json.loads(subprocess.run([*command, "status", *table, "--json"], capture_output=True).stdout)
+    assert as_json["failed"] == neurons() and as_json["error_groups"][0]["keys"] == neurons()
+    [(key, message, stack)] = mei_service.errors(MEI & trained["ensemble"], limit=1)
+    assert "mei.initial.Missing" in message and "Traceback" in stack and key["mei_seed"] == 1
+
+
+def test_status_reports_throughput_and_the_time_to_go_while_keys_run(trained, workers, clean_framework_tables):
+    add_paced_method(seconds=1)
+    MEISeed().insert([{"mei_seed": seed} for seed in (1, 2, 3)])
+    query = MEI & trained["ensemble"]
+    submission = enqueue(query, batch_size=1)
+    assert status(query).meis_per_hour == 0, "nothing finished yet"
+
+    def halfway() -> client.Status | None:
+        now = status(query)
+        return now if now.done >= 2 and now.to_go >= 2 else None
+
+    found = wait_for(halfway, 120)
+    assert found.meis_per_hour > 0 and found.seconds_left > 0
+    assert "MEIs per hour over the last 10 min" in str(found) and f"{found.to_go} to go, about" in str(found)
+    command = [sys.executable, "-m", "mei_service.cli", "status", "mei_service.demo.pipeline.MEI", "--json"]
+    restriction = ["--restriction", json.dumps(trained["ensemble"])]
+    shown = json.loads(subprocess.run([*command, *restriction], capture_output=True, check=True).stdout)
+    assert shown["meis_per_hour"] > 0 and shown["total"] == 3 * neurons()
+    assert submission.wait(timeout=120).done == 3 * neurons()
+    # Each row records when its generation began and how long it took, as populate records it.
+    durations = MEI.connection.query(
+        f"SELECT _job_duration FROM {MEI.full_table_name} WHERE _job_start_time IS NOT NULL"
+    ).fetchall()
+    assert len(durations) == 3 * neurons() and all(duration >= 1 for (duration,) in durations)
 
 
 def test_the_retries_after_a_lost_connection_outlast_a_database_restart():

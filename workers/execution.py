@@ -8,6 +8,7 @@ transaction that removes its job, after checking that the job is still this task
 from __future__ import annotations
 
 import logging
+import time
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -51,9 +52,12 @@ def fetch_hash(fetched: tuple) -> str:
     return deepdiff.DeepHash(fetched, ignore_iterable_order=False)[fetched]
 
 
-def store(table: Any, key: Mapping[str, Any], task_id: str, fetched: tuple, computed: tuple) -> bool:
+def store(
+    table: Any, key: Mapping[str, Any], task_id: str, fetched: tuple, computed: tuple, started: float | None = None
+) -> bool:
     """Inserts one key's computed MEI and completes its job, in one transaction; False when the job was
-    withdrawn. As ``populate`` does, the inputs are fetched again and compared by their hash."""
+    withdrawn. As ``populate`` does, the inputs are fetched again and compared by their hash, and the row
+    records when its generation ``started`` (``jobs.complete``)."""
     instance = table()
     with instance.connection.transaction:
         if not jobs.holds(table, key, task_id):
@@ -63,7 +67,7 @@ def store(table: Any, key: Mapping[str, Any], task_id: str, fetched: tuple, comp
                 raise RuntimeError(f"the inputs of {dict(key)} changed while its MEI was generated")
             with _inserts_allowed(instance):
                 instance.make_insert(dict(key), *computed)
-        jobs.complete(table, key)
+        jobs.complete(table, key, started)
     return True
 
 
@@ -102,12 +106,13 @@ def run_batch(table: Any, keys: Sequence[Mapping[str, Any]], task_id: str, progr
             ready.append(key)
     unfinished = set(range(len(ready)))
     progress.start(len(result.done))
+    started = time.time()
     try:
         with observing(progress):
             outcomes = instance.make_compute_many(ready, fetched, interrupts=(SoftTimeLimitExceeded,))
             for index, outcome in outcomes:
                 progress.finish_key(ready[index])
-                _settle(table, ready[index], task_id, fetched[index], outcome, result)
+                _settle(table, ready[index], task_id, fetched[index], outcome, started, result)
                 unfinished.discard(index)
     except SoftTimeLimitExceeded:
         keys_left = [ready[index] for index in sorted(unfinished)]
@@ -148,14 +153,20 @@ def _fill_batch(table: Any, instance: Any, claimed: list[dict], task_id: str) ->
 
 
 def _settle(
-    table: Any, key: dict, task_id: str, fetched: tuple, outcome: tuple | Exception, result: BatchResult
+    table: Any,
+    key: dict,
+    task_id: str,
+    fetched: tuple,
+    outcome: tuple | Exception,
+    started: float,
+    result: BatchResult,
 ) -> None:
     """Stores a computed key or records its failure; a transient error propagates, so that the task is retried."""
     if isinstance(outcome, Exception):
         _record_failure(table, key, task_id, outcome, result)
         return
     try:
-        stored = store(table, key, task_id, fetched, outcome)
+        stored = store(table, key, task_id, fetched, outcome, started)
     except SoftTimeLimitExceeded:
         raise
     except Exception as error:

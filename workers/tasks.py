@@ -47,7 +47,7 @@ class KeysFailed(Exception):
         counts = ", ".join(f"{state} {count}" for state, count in summary.items())
         return cls(
             f"{summary['failed']} of {sum(summary.values())} keys failed ({counts}); "
-            f"their errors: mei-service status {table} --errors 10"
+            f"their tracebacks: mei-service errors {table}"
         )
 
 
