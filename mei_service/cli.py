@@ -90,6 +90,8 @@ def cmd_scheduler(args: argparse.Namespace) -> int:
     from mei_service.scheduler import run_daemon
 
     paths, tables = _tables(args.tables)
+    if args.batch_size is not None:
+        app.mei_settings.check_batch_size(args.batch_size)  # refused now, not logged every round
     print(f"scheduling {', '.join(paths)} every {args.interval} s")
     run_daemon(app, tables, interval=args.interval, batch_size=args.batch_size)
     return 0

@@ -88,6 +88,10 @@ class Gallery:
     def _repr_html_(self) -> str:
         return self.html
 
+    def __repr__(self) -> str:
+        shown = f"{len(self.units)} of {self.unit_count} units"
+        return f"Gallery({self.title}, page {self.page} of {self.pages}: {shown}, {self.failed_count} failed keys)"
+
 
 def gallery(query: Any, restriction: Any = None, *, limit: int = 50, page: int = 1) -> Gallery:
     """The gallery of an MEI table or a restriction of it: units sorted by their best score, ``limit`` units

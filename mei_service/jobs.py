@@ -33,6 +33,7 @@ The statements are PostgreSQL's (``ON CONFLICT``, ``RETURNING``, ``UPDATE ... FR
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import platform
 import time
@@ -90,15 +91,28 @@ def marker(task_id: str) -> str:
     return MARKER + task_id
 
 
+class _InheritedTypeNotice(logging.Filter):
+    """DataJoint 2.3 declares a jobs table with PostgreSQL's name for each key attribute's type (``integer`` for
+    ``int32``), then warns that the definition uses a native type: nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Native type")
+
+
 def declared_jobs(table: Any) -> Any:
     """The table's jobs table, declared if it is not yet (by whichever of several processes gets there first)."""
-    jobs = table().jobs
-    if not jobs.is_declared:
-        try:
-            jobs.declare()
-        except Exception:
-            if not jobs.is_declared:
-                raise
+    notice = _InheritedTypeNotice()
+    logging.getLogger("datajoint").addFilter(notice)
+    try:
+        jobs = table().jobs  # DataJoint declares it on first access
+        if not jobs.is_declared:
+            try:
+                jobs.declare()
+            except Exception:
+                if not jobs.is_declared:
+                    raise
+    finally:
+        logging.getLogger("datajoint").removeFilter(notice)
     return jobs
 
 

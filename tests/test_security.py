@@ -192,6 +192,7 @@ class TestRestrictions:
             (["status", "--restriction", '{"neuron": 0}'], "neuron_id"),
             (["enqueue", "--batch-size", str(10**9)], "MEI_SERVICE_MAX_BATCH_SIZE"),
             (["enqueue", "--batch-size", "-1"], "1 to 4096"),
+            (["scheduler", "--batch-size", "0"], "1 to 4096"),
         ],
     )
     def test_the_command_line_refuses_with_one_line(self, trained, capsys, arguments, message):

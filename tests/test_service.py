@@ -3,10 +3,13 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import uuid
+from dataclasses import replace
 
 import experiment
 import pytest
@@ -18,8 +21,8 @@ import mei_service
 from mei.main import MEIMethod, MEISeed
 from mei.methods import gradient_ascent
 from mei.policy import NotAllowedError
-from mei_service import client, enqueue, status
-from mei_service.app import TASK_NAME, app
+from mei_service import client, enqueue, jobs, scheduler, status
+from mei_service.app import TASK_NAME, app, create_app
 from mei_service.demo.pipeline import MEI, Objective
 from mei_service.settings import Settings, SettingsError
 
@@ -378,6 +381,45 @@ def test_waits_follow_keys_queued_before_and_exits_say_whether_keys_failed(train
     assert f"failed {neurons()}" in failing.stdout and failing.returncode == 1
     again = subprocess.run([*command, "retry", *table, "--wait"], capture_output=True, text=True, timeout=180)
     assert f"queued {neurons()} keys again" in again.stdout and again.returncode == 1
+
+
+def test_keys_that_could_not_be_sent_are_given_back_and_sent_by_the_next_round(
+    trained, workers, clean_framework_tables
+):
+    add_method()
+    MEISeed().insert1({"mei_seed": 1})
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    unreachable = create_app(replace(Settings.from_env(), broker_url=f"redis://127.0.0.1:{dead_port}/0"))
+    try:
+        with pytest.raises(Exception, match=r"(?i)connect"):
+            scheduler.enqueue(unreachable, MEI, trained["ensemble"])
+        counts = jobs.count_restricted(MEI, trained["ensemble"])
+        assert (counts["queued"], counts["unqueued"]) == (0, neurons()), "recorded, then given back"
+        # What the scheduler daemon's next round does: the keys are missing or unqueued, and sent.
+        assert len(scheduler.enqueue(app, MEI, trained["ensemble"]).keys) == neurons()
+        assert client.follow(MEI & trained["ensemble"], timeout=120).done == neurons()
+    finally:
+        (MEI.jobs & trained["ensemble"]).delete_quick()
+
+
+def test_keys_left_by_a_finished_task_are_failed_or_given_back_by_the_scheduler(trained, clean_framework_tables):
+    add_method()
+    MEISeed().insert1({"mei_seed": 1})
+    keys = jobs.missing_keys(MEI, trained["ensemble"])
+    failed_task, succeeded_task = str(uuid.uuid4()), str(uuid.uuid4())
+    try:
+        jobs.mark_queued(MEI, {failed_task: keys[:1], succeeded_task: keys[1:]}, priority=5)
+        app.backend.store_result(failed_task, ValueError("the model cannot be loaded"), "FAILURE")
+        app.backend.store_result(succeeded_task, {"done": 0}, "SUCCESS")
+        assert len(scheduler.recover(app, MEI)) == len(keys)
+        counts = jobs.count_restricted(MEI, trained["ensemble"])
+        assert (counts["failed"], counts["unqueued"], counts["queued"]) == (1, len(keys) - 1, 0)
+        [(_, message, _)] = client.errors(MEI & trained["ensemble"])
+        assert message.startswith("task failed: ValueError") and "the model cannot be loaded" in message
+    finally:
+        (MEI.jobs & trained["ensemble"]).delete_quick()
 
 
 def test_time_limits_must_fit_in_the_visibility_timeout():
