@@ -39,7 +39,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         worker_proc_alive_timeout=120,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_soft_shutdown_timeout=settings.soft_shutdown_timeout,
-        worker_enable_soft_shutdown_on_idle=True,
+        # An idle worker stops at once. A message it held back for a retry's countdown stays unacknowledged,
+        # Redis gives it back, and the scheduler requeues any key whose message was lost (mei_service.jobs).
+        worker_enable_soft_shutdown_on_idle=False,
         broker_connection_retry_on_startup=True,
         broker_transport_options=transport,
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},

@@ -422,6 +422,14 @@ def test_keys_left_by_a_finished_task_are_failed_or_given_back_by_the_scheduler(
         (MEI.jobs & trained["ensemble"]).delete_quick()
 
 
+def test_an_idle_worker_stops_on_sigterm_without_waiting_for_the_soft_shutdown(tmp_path):
+    env = dict(os.environ, MEI_SERVICE_SOFT_SHUTDOWN_TIMEOUT="300")
+    idle = Workers(tmp_path / "idle.log", env=env).wait_ready()
+    idle.stop(timeout=60, group=False)  # SIGTERM to the main process, as an orchestrator sends it
+    assert idle.process.returncode == 0, "it exited by itself, not killed after the timeout"
+    assert "Initiating Soft Shutdown" not in idle.output()
+
+
 def test_time_limits_must_fit_in_the_visibility_timeout():
     with pytest.raises(SettingsError, match="longer than MEI_SERVICE_VISIBILITY_TIMEOUT=600"):
         Settings.from_env({"MEI_SERVICE_VISIBILITY_TIMEOUT": "600", "MEI_SERVICE_TASK_TIME_LIMIT": "900"})
