@@ -85,6 +85,7 @@ def enqueue(
     batches = group_into_batches(table, jobs.missing_keys(table, restriction), batch_size)
     owned = jobs.mark_queued(table, batches, priority)
     unsent = set(owned)
+    devices: dict[tuple, str] = {}
     try:
         with app.producer_or_acquire() as producer:
             for task_id, keys in owned.items():
@@ -93,7 +94,7 @@ def enqueue(
                     args=[path, keys],
                     task_id=task_id,
                     priority=priority,
-                    queue=queue or settings.default_queue,
+                    queue=queue or queue_for(table, keys[0], settings, devices),
                     producer=producer,
                 )
                 unsent.discard(task_id)
@@ -102,6 +103,17 @@ def enqueue(
     result = Enqueued(table, restriction, [Batch(task_id, keys) for task_id, keys in owned.items()])
     result.seconds = time.perf_counter() - start
     return result
+
+
+def queue_for(table: Any, key: dict, settings: Settings, devices: dict[tuple, str]) -> str:
+    """The queue of a batch: the GPU workers' when its method generates on CUDA (a CPU worker would only fail
+    its keys), else the default one. ``devices`` remembers each method's device for one enqueue."""
+    methods = table().method_table()
+    method = tuple(key[name] for name in methods.primary_key)
+    if method not in devices:
+        config = (methods & dict(zip(methods.primary_key, method, strict=True))).fetch1("method_config")
+        devices[method] = str(config.get("device", "cpu")) if isinstance(config, dict) else "cpu"
+    return settings.gpu_queue if devices[method].startswith("cuda") else settings.default_queue
 
 
 FINISHED = frozenset({"SUCCESS", "FAILURE", "REVOKED"})

@@ -57,6 +57,11 @@ class Settings:
     flower_basic_auth: str = field(default="", repr=False)
     flower_port: int = 5555
 
+    @property
+    def gpu_queue(self) -> str:
+        """The queue of the tasks whose method generates on CUDA: only workers with a GPU consume it."""
+        return f"{self.default_queue}-cuda"
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         environ = os.environ if environ is None else environ

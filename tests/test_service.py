@@ -13,6 +13,7 @@ from dataclasses import replace
 
 import experiment
 import pytest
+import redis
 import seed_pipeline
 import torch
 from service import Flower, Workers, wait_for
@@ -25,6 +26,7 @@ from mei_service import client, enqueue, jobs, scheduler, status
 from mei_service.app import TASK_NAME, app, create_app
 from mei_service.demo.pipeline import MEI, Objective
 from mei_service.settings import Settings, SettingsError
+from workers.runtime import default_queues
 
 
 @pytest.fixture(scope="module")
@@ -428,6 +430,33 @@ def test_an_idle_worker_stops_on_sigterm_without_waiting_for_the_soft_shutdown(t
     idle.stop(timeout=60, group=False)  # SIGTERM to the main process, as an orchestrator sends it
     assert idle.process.returncode == 0, "it exited by itself, not killed after the timeout"
     assert "Initiating Soft Shutdown" not in idle.output()
+
+
+def test_keys_of_a_cuda_method_go_only_to_the_gpu_workers_queue(trained, workers, clean_framework_tables):
+    settings = app.mei_settings
+    MEIMethod().add_method("mei.methods.gradient_ascent", experiment.quick_method(device="cuda"))
+    MEIMethod().add_method("mei.methods.gradient_ascent", experiment.quick_method(device="cpu"))
+    MEISeed().insert1({"mei_seed": 1})
+    broker = redis.Redis.from_url(settings.broker_url)
+    submission = enqueue(MEI & trained["ensemble"])
+    try:
+
+        def cpu_keys_done() -> client.Status | None:
+            now = submission.status()
+            return now if now.done == neurons() else None
+
+        final = wait_for(cpu_keys_done, 120)
+        assert (final.queued, final.failed) == (neurons(), 0), "the CPU workers took only the CPU method's keys"
+        gpu_lists = list(broker.scan_iter(match=f"{settings.gpu_queue}*", _type="list"))
+        assert gpu_lists, f"the CUDA method's task waits in {settings.gpu_queue}"
+        waiting = {json.loads(raw)["headers"]["id"] for name in gpu_lists for raw in broker.lrange(name, 0, -1)}
+        assert len(waiting) == 1 and waiting <= set(submission.task_ids), "one task: the CUDA method's 4 keys"
+    finally:
+        submission.cancel()
+        for name in broker.scan_iter(match=f"{settings.gpu_queue}*"):
+            broker.delete(name)
+    assert default_queues(settings, ["0"]) == f"{settings.default_queue},{settings.gpu_queue}"
+    assert default_queues(settings, []) == settings.default_queue
 
 
 def test_time_limits_must_fit_in_the_visibility_timeout():

@@ -20,6 +20,10 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mei_service.settings import Settings
 
 logger = logging.getLogger("workers")
 RESTART_DELAY = 5.0
@@ -42,6 +46,11 @@ def visible_gpus() -> list[str]:
         return [str(index) for index in range(torch.cuda.device_count())]
     except ImportError:
         return []
+
+
+def default_queues(settings: Settings, gpus: list[str]) -> str:
+    """The default queue, and on a host with GPUs also the queue of the methods that generate on CUDA."""
+    return f"{settings.default_queue},{settings.gpu_queue}" if gpus else settings.default_queue
 
 
 def worker_command(slot: Slot, queues: str, loglevel: str) -> list[str]:
@@ -71,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mei-service worker", description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpus", help="comma-separated GPU indices (default: every visible GPU)")
     parser.add_argument("--processes", type=int, default=1, help="CPU workers when there is no GPU (default 1)")
-    parser.add_argument("--queues", default=None, help="queues to consume (default MEI_SERVICE_DEFAULT_QUEUE)")
+    parser.add_argument(
+        "--queues",
+        default=None,
+        help="queues to consume (default MEI_SERVICE_DEFAULT_QUEUE, and with GPUs its -cuda queue for CUDA methods)",
+    )
     parser.add_argument("--loglevel", default="info")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -85,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         configured_batch_size()
     except ConfigurationError as error:  # stop here rather than fail every task
         raise SystemExit(f"mei-service worker: {error}") from error
-    queues = args.queues or settings.default_queue
     gpus = args.gpus.split(",") if args.gpus else visible_gpus()
+    queues = args.queues or default_queues(settings, gpus)
     slots = [Slot(f"gpu{gpu}", gpu) for gpu in gpus] or [Slot(f"cpu{i}", "") for i in range(args.processes)]
 
     stopping = False
