@@ -12,7 +12,7 @@ import sys
 import experiment
 import pytest
 import requests
-from service import Flower, Workers, wait_for
+from service import Flower, Process, Workers, wait_for
 
 from mei import policy
 from mei.fabrik import Dataset
@@ -235,8 +235,11 @@ def test_no_password_in_inspect_conf_flower_or_logs(trained, tmp_path):
     auth = tuple(env["MEI_SERVICE_FLOWER_BASIC_AUTH"].split(":"))
     worker = Workers(tmp_path / "worker.log", processes=1, env=env)
     flower = Flower(tmp_path / "flower.log", port + 1, env)
+    command = [sys.executable, "-m", "mei_service.cli", "scheduler", "mei_service.demo.pipeline.MEI", "--interval", "1"]
+    scheduler = Process(command, tmp_path / "scheduler.log", env)
     try:
         worker.wait_ready()
+        wait_for(lambda: "using database" in scheduler.output(), 60, message="the scheduler's start")
         inspected = subprocess.run(
             [sys.executable, "-m", "celery", "-A", "mei_service.app", "inspect", "conf", "--timeout", "10"],
             env=env,
@@ -249,9 +252,11 @@ def test_no_password_in_inspect_conf_flower_or_logs(trained, tmp_path):
         listed = wait_for(lambda: flower.get("/api/workers?refresh=1", auth).text, 60, message="workers listed")
         name = next(iter(flower.get("/api/workers", auth).json()))
         pages = [listed, *(flower.get(path, auth).text for path in ("/", "/workers", "/broker", f"/worker/{name}"))]
-        seen = [inspected.stdout, inspected.stderr, *pages, worker.output(), flower.output()]
+        seen = [inspected.stdout, inspected.stderr, *pages, worker.output(), flower.output(), scheduler.output()]
+        assert "redis://:********@127.0.0.1" in scheduler.output(), "the scheduler says which broker, masked"
         assert not [text for text in seen if password in text or auth[1] in text]
     finally:
+        scheduler.stop()
         flower.stop()
         worker.stop()
         server.kill()
@@ -285,3 +290,16 @@ def test_flower_always_authenticates_and_refuses_cross_site_requests(tmp_path):
             assert answer.status_code == 403 and "Access-Control-Allow-Origin" not in answer.headers
     finally:
         flower.stop()
+
+
+def test_workers_refuse_rows_beyond_the_size_limits(trained, workers, clean_framework_tables):
+    insert_as_plain_rows(
+        {"huge-n-meis": experiment.quick_method(n_meis=10**6), "endless": experiment.quick_method(iterations=10**9)}
+    )
+    MEISeed().insert1({"mei_seed": 1})
+    final = enqueue(MEI & trained["ensemble"]).wait(timeout=120)
+    neurons = experiment.DATASET["neurons"]
+    assert (final.failed, final.done) == (2 * neurons, 0)
+    messages = {key["method_hash"]: message for key, message, _ in client.errors(MEI, trained["ensemble"])}
+    assert "MEI_MAX_N_MEIS" in messages["huge-n-meis"] and "MEI_MAX_ITERATIONS" in messages["endless"]
+    MEI.jobs.delete()
