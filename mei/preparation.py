@@ -42,8 +42,6 @@ IM2COL_MAX_INPUT_CHANNELS = 4
 # How far a rewrite may move the probe's values and gradients, relative to each image's own: folding changes
 # only the rounding (about 1e-7 in float32).
 PROBE_TOLERANCE = 1e-4
-# The backends whose float32 precision the probe sets to IEEE (PyTorch's per-backend ``fp32_precision``).
-FULL_PRECISION_BACKENDS = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
 # What a model that reaches into replaced layers raises. Other exceptions (a caller's time limit) go through.
 MODEL_ERRORS = (ArithmeticError, AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError)
 
@@ -208,15 +206,20 @@ def _response(probe: Probe, device: torch.device) -> tuple[Tensor, Tensor]:
 @contextmanager
 def full_precision() -> Iterator[None]:
     """IEEE float32 for cuDNN's convolutions and CUDA's matrix products inside; the precisions as they were
-    after."""
-    saved = [backend.fp32_precision for backend in FULL_PRECISION_BACKENDS]
-    for backend in FULL_PRECISION_BACKENDS:
-        backend.fp32_precision = "ieee"
+    after. PyTorch 2.9 and later name them per backend (``fp32_precision``), earlier versions by flags."""
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        settings = [(torch.backends.cudnn.conv, "fp32_precision", "ieee")]
+        settings.append((torch.backends.cuda.matmul, "fp32_precision", "ieee"))
+    else:
+        settings = [(torch.backends.cudnn, "allow_tf32", False), (torch.backends.cuda.matmul, "allow_tf32", False)]
+    saved = [getattr(owner, name) for owner, name, _ in settings]
+    for owner, name, value in settings:
+        setattr(owner, name, value)
     try:
         yield
     finally:
-        for backend, precision in zip(FULL_PRECISION_BACKENDS, saved, strict=True):
-            backend.fp32_precision = precision
+        for (owner, name, _), value in zip(settings, saved, strict=True):
+            setattr(owner, name, value)
 
 
 def _close(found: Tensor, expected: Tensor, n_images: int) -> bool:

@@ -259,7 +259,9 @@ def parser() -> argparse.ArgumentParser:
     status = restricted(
         "status", "counts of done, queued, running and failed keys, throughput, time to go, errors grouped"
     )
-    status.add_argument("--errors", type=int, default=5, help="how many of the latest failed keys --json lists")
+    status.add_argument(
+        "--errors", type=int, default=5, help="how many of the latest failed keys to read (0: no errors at all)"
+    )
     status.add_argument("--json", action="store_true", help="print the status as JSON, for scripts")
     status.set_defaults(run=cmd_status)
     errors = restricted("errors", "each failed key with its message and traceback, latest first")
@@ -294,6 +296,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 # The commands that use the database, the broker and the store say at start which ones.
+# A daemon's failure goes to its log with the traceback, for whoever runs it to read later.
+DAEMONS = ("scheduler",)
 ANNOUNCED = ("enqueue", "init", "scheduler", "status", "errors", "gallery", "cancel", "retry")
 
 
@@ -319,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mei-service {args.command}: {error}", file=sys.stderr)
         return 2
     except Exception as error:
-        if args.debug:
+        if args.debug or args.command in DAEMONS:
             raise
         print(f"mei-service {args.command}: {type(error).__name__}: {error} (--debug shows where)", file=sys.stderr)
         return 1

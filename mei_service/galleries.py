@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from mei.results import SEED, seed_groups
-from mei_service import client
+from mei.results import SEED, best_first, seed_groups
+from mei_service import client, jobs
 from mei_service.tables import table_path
 
 # Frames of a video MEI shown in its strip, evenly spaced.
@@ -70,7 +70,11 @@ class Gallery:
 
     @property
     def html(self) -> str:
-        return _page(self)
+        """The page: a whole HTML document, images embedded."""
+        return (
+            f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>MEIs of {html.escape(self.title)}'
+            f"</title></head>\n<body>{_fragment(self)}</body></html>\n"
+        )
 
     @property
     def png(self) -> bytes:
@@ -86,7 +90,7 @@ class Gallery:
         return [page, grid]
 
     def _repr_html_(self) -> str:
-        return self.html
+        return _fragment(self)
 
     def __repr__(self) -> str:
         shown = f"{len(self.units)} of {self.unit_count} units"
@@ -100,10 +104,13 @@ def gallery(query: Any, restriction: Any = None, *, limit: int = 50, page: int =
         raise ValueError(f"limit and page count from 1, got limit={limit}, page={page}")
     table, restriction = client.split_query(query, restriction)
     meis = table() & restriction if restriction is not None else table()
-    groups = sorted(seed_groups(meis), key=lambda group: -group[1][0]["score"])
+    # Ties in the best score are broken by the key, so that every unit is on exactly one page.
+    groups = sorted(seed_groups(meis), key=lambda group: (*best_first(group[1][0]["score"]), str(group[0])))
     pages = max(1, math.ceil(len(groups) / limit))
+    if page > pages:
+        raise ValueError(f"page {page} is past the last page, {pages}, of {len(groups)} units at {limit} a page")
     shown = groups[(page - 1) * limit : page * limit]
-    failed = client.errors(table, restriction)
+    failed = client.errors(table, restriction, limit=FAILED_SHOWN)
     return Gallery(
         title=table_path(table),
         units=[Unit(shared, [_seeded(table, row) for row in rows]) for shared, rows in shown],
@@ -111,8 +118,8 @@ def gallery(query: Any, restriction: Any = None, *, limit: int = 50, page: int =
         pages=pages,
         limit=limit,
         unit_count=len(groups),
-        failures=[(key, message) for key, message, _ in failed[:FAILED_SHOWN]],
-        failed_count=len(failed),
+        failures=[(key, message) for key, message, _ in failed],
+        failed_count=jobs.count_restricted(table, restriction)[jobs.KeyState.FAILED],
     )
 
 
@@ -128,15 +135,14 @@ def images(mei: Any) -> list[np.ndarray]:
     array = torch.as_tensor(mei).detach().cpu().float().numpy()
     if array.ndim <= 3:
         array = array.reshape((1,) * (4 - array.ndim) + array.shape)
-    return [_picture(single) for single in array]
+    return [_picture(single / (2 * (float(np.nanmax(np.abs(single))) or 1.0)) + 0.5) for single in array]
 
 
-def _picture(single: np.ndarray) -> np.ndarray:
-    if single.ndim == 4:  # channels x frames x height x width: a strip of frames
-        frames = np.linspace(0, single.shape[1] - 1, min(VIDEO_FRAMES, single.shape[1])).round().astype(int)
-        return np.concatenate([_picture(single[:, frame]) for frame in frames], axis=1)
-    scale = float(np.abs(single).max()) or 1.0
-    scaled = single / (2 * scale) + 0.5
+def _picture(scaled: np.ndarray) -> np.ndarray:
+    """One MEI, already scaled to [0, 1], as a picture: channels x height x width, or with frames a strip."""
+    if scaled.ndim == 4:  # channels x frames x height x width: every frame on the MEI's one scale
+        frames = np.linspace(0, scaled.shape[1] - 1, min(VIDEO_FRAMES, scaled.shape[1])).round().astype(int)
+        return np.concatenate([_picture(scaled[:, frame]) for frame in frames], axis=1)
     if scaled.shape[0] == 3:
         return scaled.transpose(1, 2, 0)
     return np.concatenate(list(scaled), axis=1)
@@ -156,7 +162,10 @@ def curve(output: Any) -> tuple[str, list[int], list[float]] | None:
             values = [float(value) for value in log["values"]]
         except (TypeError, ValueError):
             continue
-        return str(name).rsplit(".", 1)[-1], [int(step) for step in log.get("times", range(len(values)))], values
+        steps = [int(step) for step in log.get("times") or range(len(values))]
+        finite = [(step, value) for step, value in zip(steps, values, strict=False) if math.isfinite(value)]
+        if finite:
+            return str(name).rsplit(".", 1)[-1], [step for step, _ in finite], [value for _, value in finite]
     return None
 
 
@@ -216,17 +225,23 @@ def _key_text(key: Mapping[str, Any]) -> str:
     return ", ".join(f"{name}={short(value)}" for name, value in key.items())
 
 
+# Scoped to the gallery's own element, so that shown inline it leaves a notebook's other outputs alone.
 STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em; color: #1b1f24; }
-table { border-collapse: collapse; } td, th { border-bottom: 1px solid #d0d7de; padding: 6px; vertical-align: top; }
-th { text-align: left; } img { image-rendering: pixelated; border: 1px solid #8c959f; margin-right: 4px; }
-img.best { border: 3px solid #1a7f37; } .seed { display: inline-block; text-align: center; font-size: 85%; }
-.key, .axis, .none { font-size: 80%; color: #57606a; } .failed { color: #cf222e; }
-td.key { max-width: 16em; overflow-wrap: anywhere; } .seeds { display: flex; flex-wrap: wrap; gap: 8px; }
+.mei-gallery { font-family: system-ui, sans-serif; color: #1b1f24; }
+.mei-gallery table { border-collapse: collapse; }
+.mei-gallery td, .mei-gallery th { border-bottom: 1px solid #d0d7de; padding: 6px; vertical-align: top; }
+.mei-gallery th { text-align: left; }
+.mei-gallery img { image-rendering: pixelated; border: 1px solid #8c959f; margin-right: 4px; }
+.mei-gallery img.best { border: 3px solid #1a7f37; }
+.mei-gallery .seed { display: inline-block; text-align: center; font-size: 85%; }
+.mei-gallery .seeds { display: flex; flex-wrap: wrap; gap: 8px; }
+.mei-gallery .key, .mei-gallery .axis, .mei-gallery .none { font-size: 80%; color: #57606a; }
+.mei-gallery td.key { max-width: 16em; overflow-wrap: anywhere; }
+.mei-gallery .failed { color: #cf222e; }
 """
 
 
-def _page(found: Gallery) -> str:
+def _fragment(found: Gallery) -> str:
     rows = []
     labels, shared = _labels(found.units)
     first_rank = 1 + (found.page - 1) * found.limit
@@ -255,10 +270,8 @@ def _page(found: Gallery) -> str:
     if more:
         failures += f"<li>and {more} more: <code>mei-service errors {html.escape(found.title)}</code></li>"
     meis = sum(len(unit.meis) for unit in found.units)
-    return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>MEIs of {html.escape(found.title)}</title>
-<style>{STYLE}</style></head><body>
-<h1>MEIs of {html.escape(found.title)}</h1>
+    return f"""<div class="mei-gallery"><style>{STYLE}</style>
+<h2>MEIs of {html.escape(found.title)}</h2>
 <p id="summary">{found.unit_count} units, {found.failed_count} failed keys. Page {found.page} of {found.pages}:
 {len(found.units)} units, {meis} MEIs, sorted by the best score; the best seed of each unit is framed green.</p>
 <p class="key">All units shown share {html.escape(shared) or "nothing"}.</p>
@@ -266,9 +279,9 @@ def _page(found: Gallery) -> str:
 <th>evaluation of the best</th></tr></thead><tbody>
 {"".join(rows)}
 </tbody></table>
-<h2>Failed keys ({found.failed_count})</h2>
+<h3>Failed keys ({found.failed_count})</h3>
 <ul id="failures">{failures or "<li>none</li>"}</ul>
-</body></html>
+</div>
 """
 
 

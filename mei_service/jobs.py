@@ -38,7 +38,6 @@ import os
 import platform
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta
 from typing import Any
 
 from datajoint import Not as dj_not
@@ -300,13 +299,18 @@ def complete(table: Any, key: Mapping[str, Any], started: float | None = None) -
     """running -> done: as ``populate`` does, the job is deleted, or kept as a success record when DataJoint's
     ``jobs.keep_completed`` is set. Called inside the transaction that inserts the row.
 
-    ``started`` (seconds since the epoch) is when the key's generation began: like ``populate``, the row's
-    hidden job metadata (DataJoint's ``jobs.add_job_metadata``) then records its start and duration, which is
-    what ``throughput`` counts."""
-    duration = None if started is None else time.time() - started
+    ``started`` (``time.monotonic()``) is when the key's generation began: the row's hidden job metadata
+    (DataJoint's ``jobs.add_job_metadata``) then records its start and duration, which ``finished_recently``
+    counts. Both read the database's clock, so that workers and readers need not share a time zone."""
+    duration = None if started is None else time.monotonic() - started
     instance = table()
     if duration is not None and instance._has_job_metadata_attrs():
-        instance._update_job_metadata(dict(key), datetime.fromtimestamp(started), duration, "")
+        key_condition, args = _key_condition(instance.primary_key, [json_key(key)])
+        instance.connection.query(
+            f"UPDATE {instance.full_table_name} SET _job_start_time = LOCALTIMESTAMP(3) - make_interval(secs => %s), "
+            f"_job_duration = %s WHERE {key_condition}",
+            args=[duration, duration, *args],
+        )
     declared_jobs(table).complete(dict(key), duration=duration)
 
 
@@ -465,23 +469,20 @@ def error_groups(table: Any, restriction: Any = None) -> list[tuple[str, int]]:
 
 def finished_recently(table: Any, restriction: Any, seconds: float) -> tuple[int, float] | None:
     """How many keys of ``table & restriction`` finished in the last ``seconds``, and over how many seconds
-    (from the earliest start among them, at most ``seconds``); ``None`` for a table without DataJoint's job
-    metadata, which has no record of when its keys finished."""
+    (from the earliest start among them, at least one, at most ``seconds``); ``None`` for a table without
+    DataJoint's job metadata, which has no record of when its keys finished."""
     instance = table()
     if not instance._has_job_metadata_attrs():
         return None
     keys = restricted(table, restriction)[0].proj()
-    now = datetime.now()
-    since = now - timedelta(seconds=seconds)
-    # The same clock as the writers': populate and complete() record local time, without a time zone.
-    number, earliest = instance.connection.query(
-        f"SELECT count(*), min(_job_start_time) FROM {instance.full_table_name} "
-        "WHERE _job_start_time + make_interval(secs => _job_duration) > %s "
+    number, elapsed = instance.connection.query(
+        "SELECT count(*), extract(epoch FROM LOCALTIMESTAMP(3) - min(_job_start_time)) "
+        f"FROM {instance.full_table_name} "
+        "WHERE _job_start_time + make_interval(secs => _job_duration) > LOCALTIMESTAMP(3) - make_interval(secs => %s) "
         f"AND ({_quoted(keys.heading.names)}) IN ({keys.make_sql()})",
-        args=[since],
+        args=[seconds],
     ).fetchone()
-    span = (now - max(earliest, since)).total_seconds() if number else seconds
-    return number, span
+    return number, min(seconds, max(float(elapsed or 0.0), 1.0))
 
 
 def failed_rows(table: Any, restriction: Any = None, limit: int | None = None) -> list[dict]:

@@ -544,7 +544,8 @@ def test_command_line_errors_are_one_line_and_every_command_describes_itself():
     assert "``" not in described
     subcommands = next(action for action in parser()._actions if action.dest == "command").choices
     for name, subcommand in subcommands.items():
-        if subcommand.add_help:  # worker and demo pass --help on to their own programs
-            helped = cli(name, "--help")
-            assert helped.returncode == 0 and subcommand.description in helped.stdout, name
-            assert "``" not in helped.stdout and "--debug" in helped.stdout, name
+        helped = cli(name, "--help")
+        assert helped.returncode == 0 and f"usage: mei-service {name}" in helped.stdout, name
+        assert "``" not in helped.stdout, name
+        if subcommand.add_help:  # worker and demo answer --help with their own programs' parsers
+            assert subcommand.description in helped.stdout and "--debug" in helped.stdout, name

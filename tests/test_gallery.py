@@ -1,6 +1,7 @@
 """The gallery of an MEI table: one self-contained HTML page and a PNG grid, opened in a real headless browser."""
 
 import io
+import json
 import shutil
 import subprocess
 import sys
@@ -12,9 +13,10 @@ import torch
 from matplotlib import image as matplotlib_image
 
 from mei.main import MEIMethod, MEISeed
+from mei.results import best_first
 from mei_service import gallery
 from mei_service.demo.pipeline import MEI, Objective
-from mei_service.galleries import curve, images
+from mei_service.galleries import Gallery, Seeded, Unit, curve, images
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 
@@ -55,6 +57,9 @@ def test_the_gallery_shows_each_unit_best_first_with_its_seeds_curves_and_the_fa
     paged = gallery(generated, limit=3, page=2)
     assert (paged.pages, len(paged.units)) == (2, neurons - 3)
     assert paged.units[0].key == shown.units[3].key
+    with pytest.raises(ValueError, match="past the last page"):
+        gallery(generated, limit=3, page=3)
+    assert "<!DOCTYPE html>" not in shown._repr_html_() and "body {" not in shown._repr_html_()
 
 
 def test_pictures_of_colour_video_and_several_meis_and_curves_of_tracker_logs():
@@ -72,9 +77,23 @@ def test_pictures_of_colour_video_and_several_meis_and_curves_of_tracker_logs():
     }
     assert curve(log) == ("EvaluationObjective", [0, 10], [0.5, 2.0])
     assert curve(None) is None and curve({"a": {"times": [], "values": []}}) is None
+    assert curve({"a": {"values": [1.0, float("nan"), 3.0]}}) == ("a", [0, 2], [1.0, 3.0])
+    video = torch.ones(1, 1, 2, 4, 4)
+    video[:, :, 0] = 0.01
+    faint, strong = np.split(images(video)[0], 2, axis=1)
+    assert np.allclose(faint, 0.505) and np.allclose(strong, 1.0), "one scale for all frames of an MEI"
+    assert sorted([2.0, float("nan"), 5.0], key=best_first)[:2] == [5.0, 2.0], "a diverged score comes last"
 
 
-def test_the_gallery_command_writes_a_page_that_a_headless_browser_shows(generated, tmp_path):
+def test_the_page_escapes_what_rows_and_errors_contain():
+    hostile = "<script>alert(1)</script>"
+    unit = Unit({"neuron_id": hostile}, [Seeded(1, 1.0, [np.zeros((2, 2))], ("Evaluation<b>", [0, 1], [0.0, 1.0]))])
+    page = Gallery("my.MEI<i>", [unit], 1, 1, 50, 1, [({"note": hostile}, hostile)], 1).html
+    assert "<script>" not in page and "<b>" not in page and "<i>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+def test_the_gallery_command_writes_a_page_that_a_headless_browser_shows(trained, generated, tmp_path):
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.fail(
             "the browser test needs Chromium and ChromeDriver: apt-get install chromium chromium-driver "
@@ -84,7 +103,7 @@ def test_the_gallery_command_writes_a_page_that_a_headless_browser_shows(generat
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
-    restriction = ["--restriction", f'{{"ensemble_hash": "{generated.fetch("ensemble_hash", limit=1)[0]}"}}']
+    restriction = ["--restriction", json.dumps(trained["ensemble"])]
     command = [sys.executable, "-m", "mei_service.cli", "gallery", "mei_service.demo.pipeline.MEI", *restriction]
     written = subprocess.run([*command, "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert written.returncode == 0, written.stderr

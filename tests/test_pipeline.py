@@ -273,7 +273,7 @@ class TestPopulate:
         assert len(best) == len(units) == 2 * experiment.DATASET["neurons"], "one per unit and method"
         for key in best:
             group = {name: value for name, value in key.items() if name != "mei_seed"}
-            scores = dict(zip(*(meis & group).fetch("mei_seed", "score"), strict=True))
+            scores = dict(zip(*(meis & group).to_arrays("mei_seed", "score"), strict=True))
             assert scores[key["mei_seed"]] == max(scores.values())
         assert len(meis & best) == len(best)
         assert {key["method_hash"] for key in best} == {method["method_hash"], inhibitory["method_hash"]}

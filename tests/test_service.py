@@ -147,7 +147,7 @@ def test_the_service_generates_video_and_diverse_meis_equal_to_one_at_a_time(tra
         alone = gradient_ascent(dataloaders, VideoObjective().get_objective(model, key), video, 2)
         assert mei.shape == (1, 1, 6, 8, 8)
         assert torch.allclose(mei, alone[0], atol=1e-5) and score == pytest.approx(alone[1], abs=1e-5)
-    for images, output in zip(*(VideoMEI & diverse_method).fetch("mei", "output"), strict=True):
+    for images, output in zip(*(VideoMEI & diverse_method).to_arrays("mei", "output"), strict=True):
         assert images.shape == (3, 1, 6, 8, 8)
         assert min(output["diversity"]["activations"]) >= output["diversity"]["floor"]
 

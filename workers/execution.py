@@ -106,7 +106,7 @@ def run_batch(table: Any, keys: Sequence[Mapping[str, Any]], task_id: str, progr
             ready.append(key)
     unfinished = set(range(len(ready)))
     progress.start(len(result.done))
-    started = time.time()
+    started = time.monotonic()
     try:
         with observing(progress):
             outcomes = instance.make_compute_many(ready, fetched, interrupts=(SoftTimeLimitExceeded,))

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="queues to consume (default MEI_SERVICE_DEFAULT_QUEUE, and with GPUs its -cuda queue for CUDA methods)",
     )
-    parser.add_argument("--loglevel", default="info")
+    parser.add_argument("--loglevel", default="info", help="Celery's log level of the workers (default info)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
