@@ -179,6 +179,9 @@ def validate_method(method_fn: str, method_config: Mapping[str, Any]) -> None:
         roles = [role for role in REQUIRED_COMPONENTS + OPERATION_COMPONENTS if method_config.get(role)]
         named = [(role, method_config[role]) for role in roles]
         named += [("objectives", spec) for spec in method_config.get("objectives") or []]
+        background, _ = _transparency(method_config)
+        if background is not None:
+            named.append(("background", background))
         for role, spec in named:
             if not isinstance(spec, Mapping) or "path" not in spec:
                 raise ConfigurationError(

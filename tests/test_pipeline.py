@@ -130,6 +130,12 @@ class TestMethods:
         blur = {"path": "mei.legacy.ops.GaussianBlur", "kwargs": {"sigma": 1, "radius": 3}}
         with pytest.raises(ConfigurationError, match=r"'precondition'.*'radius'"):
             MEIMethod().add_method("mei.methods.gradient_ascent", experiment.quick_method(precondition=blur))
+        noise = {"mean": 0, "std": 1, "shape": [1, 1, 12, 16], "strenght": 1}
+        background = {"path": "mei.backgrounds.WhiteNoiseBackground", "kwargs": noise}
+        with pytest.raises(ConfigurationError, match=r"'background'.*'strenght'"):
+            MEIMethod().add_method(
+                "mei.methods.gradient_ascent", experiment.quick_method(transparency=True, background=background)
+            )
         assert len(MEIMethod()) == 0
 
     def test_cuda_method_can_be_added_without_a_gpu_and_duplicates_are_refused(self, database, clean_framework_tables):
