@@ -51,7 +51,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
 
     table, restriction = _table_and_restriction(args)
     sent = enqueue(app, table, restriction, priority=args.priority, batch_size=args.batch_size, queue=args.queue)
-    print(f"queued {len(sent.keys)} keys in {len(sent.batches)} tasks ({sent.seconds:.2f} s)")
+    print(sent)
     return _waited(table, restriction) if args.wait else 0
 
 

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 class Batch:
     task_id: str
     keys: list[dict]
+    queue: str
 
 
 @dataclass
@@ -48,6 +49,11 @@ class Enqueued:
     @property
     def keys(self) -> list[dict]:
         return [key for batch in self.batches for key in batch.keys]
+
+    def __str__(self) -> str:
+        queues = Counter(batch.queue for batch in self.batches for _ in batch.keys)
+        where = ", ".join(f"{number} to {name}" for name, number in sorted(queues.items()))
+        return f"queued {len(self.keys)} keys in {len(self.batches)} tasks" + (f" ({where})" if where else "")
 
 
 def group_into_batches(table: Any, keys: Sequence[dict], batch_size: int) -> dict[str, list[dict]]:
@@ -86,21 +92,24 @@ def enqueue(
     owned = jobs.mark_queued(table, batches, priority)
     unsent = set(owned)
     devices: dict[tuple, str] = {}
+    sent = []
     try:
         with app.producer_or_acquire() as producer:
             for task_id, keys in owned.items():
+                batch = Batch(task_id, keys, queue or queue_for(table, keys[0], settings, devices))
                 app.send_task(
                     TASK_NAME,
                     args=[path, keys],
                     task_id=task_id,
                     priority=priority,
-                    queue=queue or queue_for(table, keys[0], settings, devices),
+                    queue=batch.queue,
                     producer=producer,
                 )
                 unsent.discard(task_id)
+                sent.append(batch)
     finally:
         jobs.unqueue(table, unsent)
-    result = Enqueued(table, restriction, [Batch(task_id, keys) for task_id, keys in owned.items()])
+    result = Enqueued(table, restriction, sent)
     result.seconds = time.perf_counter() - start
     return result
 

@@ -439,6 +439,8 @@ def test_keys_of_a_cuda_method_go_only_to_the_gpu_workers_queue(trained, workers
     MEISeed().insert1({"mei_seed": 1})
     broker = redis.Redis.from_url(settings.broker_url)
     submission = enqueue(MEI & trained["ensemble"])
+    where = f"({neurons()} to {settings.default_queue}, {neurons()} to {settings.gpu_queue})"
+    assert str(submission.enqueued) == f"queued {2 * neurons()} keys in 2 tasks {where}"
     try:
 
         def cpu_keys_done() -> client.Status | None:
