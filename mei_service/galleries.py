@@ -111,9 +111,10 @@ def gallery(query: Any, restriction: Any = None, *, limit: int = 50, page: int =
         raise ValueError(f"page {page} is past the last page, {pages}, of {len(groups)} units at {limit} a page")
     shown = groups[(page - 1) * limit : page * limit]
     failed = client.errors(table, restriction, limit=FAILED_SHOWN)
+    fetched = _fetched(table, [row for _, rows in shown for row in rows])
     return Gallery(
         title=table_path(table),
-        units=[Unit(shared, [_seeded(table, row) for row in rows]) for shared, rows in shown],
+        units=[Unit(shared, [fetched[_identity(row)] for row in rows]) for shared, rows in shown],
         page=page,
         pages=pages,
         limit=limit,
@@ -123,10 +124,19 @@ def gallery(query: Any, restriction: Any = None, *, limit: int = 50, page: int =
     )
 
 
-def _seeded(table: type, row: Mapping[str, Any]) -> Seeded:
-    key = {name: value for name, value in row.items() if name != "score"}
-    mei, output = (table() & key).fetch1("mei", "output")
-    return Seeded(row[SEED], row["score"], images(mei), curve(output))
+def _identity(row: Mapping[str, Any]) -> tuple:
+    return tuple(sorted((name, value) for name, value in row.items() if name != "score"))
+
+
+def _fetched(table: type, rows: Sequence[Mapping[str, Any]]) -> dict[tuple, Seeded]:
+    """The MEIs of ``rows`` (primary keys with their scores), in one query through the table's store."""
+    keys = [dict(_identity(row)) for row in rows]
+    found = (table() & keys).to_dicts() if keys else []
+    by_key = {_identity({name: row[name] for name in keys[0]}): row for row in found}
+    return {
+        identity: Seeded(row[SEED], row["score"], images(row["mei"]), curve(row["output"]))
+        for identity, row in by_key.items()
+    }
 
 
 def images(mei: Any) -> list[np.ndarray]:
